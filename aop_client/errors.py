@@ -36,8 +36,12 @@ __all__ = [
 
 
 def _rebuild(cls: type, args: tuple, state: dict) -> "AOPError":
-    err = cls.__new__(cls)
-    Exception.__init__(err, *args)
+    if issubclass(cls, OSError):  # OSError fills errno/strerror from args in __new__
+        err = OSError.__new__(cls, *args)
+        OSError.__init__(err, *args)
+    else:
+        err = Exception.__new__(cls)
+        Exception.__init__(err, *args)
     err.__dict__.update(state)
     return err
 
