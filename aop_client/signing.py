@@ -1,0 +1,236 @@
+"""HMAC-SHA256 signatures of protocol v1: per-event ``sig`` and the request ``X-AOP-Signature``.
+
+This module owns both sides of signing, as pure functions (no clock, no I/O:
+callers pass ``now``):
+
+* event signature: ``"v1=" + hex(HMAC-SHA256(key, canonical_json(event minus "sig")))``
+  (:func:`event_signature`, :func:`sign_event`, the emit hot path :func:`signed_body`,
+  and :func:`verify_event`);
+* request signature: ``"t=<unix seconds>,v1=<hex HMAC-SHA256(key, b"<t>." + body)>"``
+  (:func:`request_signature`, :func:`parse_signature_header`, :func:`verify_request`).
+
+Keys are ``str`` (encoded as UTF-8) or ``bytes``; they never appear in messages.
+Comparisons use :func:`hmac.compare_digest`. HMAC uses the stdlib one-shot
+:func:`hmac.digest`, which runs OpenSSL's HMAC in one C call; ``cryptography``'s
+``hmac.HMAC`` object costs several Python-level calls per signature and is
+slower for these small inputs (see ``bench/bench_sign.py``, docs/perf-signing.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import re
+from typing import Any, Mapping
+
+from .canonical import canonical_json
+from .errors import ConfigError, SignatureError, ValidationError
+
+__all__ = [
+    "event_signature",
+    "sign_event",
+    "signed_body",
+    "verify_event",
+    "request_signature",
+    "parse_signature_header",
+    "verify_request",
+    "SIGNATURE_HEADER",
+    "DEFAULT_TOLERANCE",
+]
+
+#: Name of the HTTP header carrying the request signature.
+SIGNATURE_HEADER = "X-AOP-Signature"
+#: Largest accepted distance, in seconds, between a request's ``t`` and the verifier's clock.
+DEFAULT_TOLERANCE = 300.0
+#: Longest ``X-AOP-Signature`` value parsed (a bound against hostile input).
+MAX_HEADER_LENGTH = 4096
+
+_digest = hmac.digest
+_EVENT_SIG = re.compile(r"v1=[0-9a-f]{64}\Z", re.ASCII)
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
+_TIMESTAMP = re.compile(r"[0-9]{1,15}\Z", re.ASCII)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z", re.ASCII)
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    """The HMAC key as bytes; refuses empty or non-text keys without echoing them."""
+    if type(key) is bytes:
+        raw = key
+    elif isinstance(key, str):
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError("org_salt_key: key is not valid Unicode text", field="org_salt_key") from e
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        raw = bytes(key)
+    else:
+        raise ConfigError(
+            f"org_salt_key: key must be str or bytes, got {type(key).__name__}", field="org_salt_key"
+        )
+    if not raw:
+        raise ConfigError("org_salt_key: key is empty", field="org_salt_key")
+    return raw
+
+
+def _event_dict(event: Mapping) -> dict:
+    if type(event) is dict:
+        return event
+    if isinstance(event, Mapping):
+        return dict(event)
+    raise ValidationError(
+        f"(root): an event must be a JSON object (mapping), got {type(event).__name__}",
+        field="(root)",
+        value=type(event).__name__,
+    )
+
+
+def _unsigned_canonical(event: Mapping) -> bytes:
+    """canonical_json of the event without its ``sig`` field."""
+    event = _event_dict(event)
+    if "sig" in event:
+        event = {name: value for name, value in event.items() if name != "sig"}
+    return canonical_json(event)
+
+
+def event_signature(event: Mapping, key: str | bytes) -> str:
+    """Return ``"v1=<64 lowercase hex>"``: HMAC-SHA256 over the canonical event without ``sig``."""
+    return "v1=" + _digest(_key_bytes(key), _unsigned_canonical(event), "sha256").hex()
+
+
+def sign_event(event: Mapping, key: str | bytes) -> dict:
+    """Return a new dict: the event with ``sig`` set (an existing ``sig`` is ignored and replaced)."""
+    signed = dict(event)
+    signed["sig"] = event_signature(event, key)
+    return signed
+
+
+def signed_body(event: Mapping, key: str | bytes | None) -> tuple[str | None, bytes]:
+    """Return ``(sig or None, UTF-8 JSON bytes of the event with that sig)``: the emit hot path.
+
+    The bytes are the canonical form of the event without ``sig``, with ``"sig"``
+    spliced in as the last member when a key is given (so they parse back to the
+    event plus ``sig``, but are not themselves canonical). An existing ``sig`` in
+    ``event`` is always dropped; with ``key=None`` the body carries no ``sig``.
+    Raises ValidationError (non-JSON value, with its path) or ConfigError (bad key).
+    """
+    canonical = _unsigned_canonical(event)
+    if key is None:
+        return None, canonical
+    sig = "v1=" + _digest(_key_bytes(key), canonical, "sha256").hex()
+    if len(canonical) == 2:  # b"{}"
+        return sig, b'{"sig":"' + sig.encode() + b'"}'
+    return sig, canonical[:-1] + b',"sig":"' + sig.encode() + b'"}'
+
+
+def verify_event(event: Mapping, key: str | bytes) -> None:
+    """Check an event's ``sig`` in constant time; raise SignatureError saying why it fails."""
+    if not isinstance(event, Mapping):
+        raise SignatureError(f"malformed event: expected a JSON object, got {type(event).__name__}")
+    sig = event.get("sig")
+    if sig is None:
+        raise SignatureError("missing signature: the event has no 'sig' field")
+    if not isinstance(sig, str) or not _EVENT_SIG.match(sig):
+        raise SignatureError("malformed signature: 'sig' must be 'v1=' followed by 64 lowercase hex digits")
+    try:
+        expected = event_signature(event, key)
+    except ValidationError as e:
+        raise SignatureError(f"unverifiable event: {e}") from e
+    if not hmac.compare_digest(expected.encode(), sig.encode()):
+        raise SignatureError("signature mismatch: 'sig' does not match the event content")
+
+
+def _timestamp(now: float) -> int:
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now) or now < 0:
+        raise ValidationError(f"now: must be a finite, non-negative unix time, got {now!r}", field="now", value=now)
+    return int(now)
+
+
+def _body_bytes(body: Any) -> bytes:
+    if type(body) is bytes:
+        return body
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise ValidationError(f"body: must be bytes, got {type(body).__name__}", field="body", value=type(body).__name__)
+
+
+def _request_digest(raw_key: bytes, timestamp: int, body: bytes) -> str:
+    return _digest(raw_key, b"%d." % timestamp + body, "sha256").hex()
+
+
+def request_signature(body: bytes, key: str | bytes, *, now: float) -> str:
+    """Return the ``X-AOP-Signature`` value ``"t=<int(now)>,v1=<hex HMAC-SHA256(key, b'<t>.' + body)>"``."""
+    timestamp = _timestamp(now)
+    return f"t={timestamp},v1={_request_digest(_key_bytes(key), timestamp, _body_bytes(body))}"
+
+
+def parse_signature_header(header: str) -> tuple[int, list[str]]:
+    """Parse ``"t=<digits>,v1=<hex>[,v1=<hex>...]"`` into ``(t, [v1 hex, ...])``.
+
+    Whitespace around items, keys and values is ignored, as are empty items and
+    items of unknown schemes (e.g. a future ``v2=``); exactly one ``t`` and at
+    least one ``v1`` are required. Raises SignatureError naming the problem.
+    """
+    if not isinstance(header, str):
+        raise SignatureError(f"malformed signature header: expected text, got {type(header).__name__}")
+    if len(header) > MAX_HEADER_LENGTH:
+        raise SignatureError(f"malformed signature header: {len(header)} characters, limit {MAX_HEADER_LENGTH}")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for position, item in enumerate(header.split(",")):
+        item = item.strip()
+        if not item:
+            continue
+        name, separator, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not separator or not _SCHEME.match(name):
+            raise SignatureError(f"malformed signature header: item {position} is not 'name=value'")
+        if name == "t":
+            if timestamp is not None:
+                raise SignatureError("malformed signature header: more than one 't' item")
+            if not _TIMESTAMP.match(value):
+                raise SignatureError(
+                    f"malformed signature header: t={value[:20]!r} is not a unix time in decimal digits"
+                )
+            timestamp = int(value)
+        elif name == "v1":
+            if not _HEX64.match(value):
+                raise SignatureError(
+                    f"malformed signature header: v1 item {position} is not 64 lowercase hex digits"
+                )
+            signatures.append(value)
+    if timestamp is None:
+        raise SignatureError("malformed signature header: no 't' item")
+    if not signatures:
+        raise SignatureError("malformed signature header: no 'v1' item")
+    return timestamp, signatures
+
+
+def verify_request(
+    body: bytes,
+    header: str | None,
+    key: str | bytes,
+    *,
+    now: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> None:
+    """Check an ``X-AOP-Signature`` against the body and clock; raise SignatureError naming the reason."""
+    if header is None:
+        raise SignatureError(f"missing signature: no {SIGNATURE_HEADER} header")
+    timestamp, signatures = parse_signature_header(header)
+    _timestamp(now)  # validates now
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise ValidationError(
+            f"tolerance: must be a non-negative number, got {tolerance!r}", field="tolerance", value=tolerance
+        )
+    skew = now - timestamp
+    if abs(skew) > tolerance:
+        side = "in the past" if skew > 0 else "in the future"
+        raise SignatureError(
+            f"stale timestamp: t={timestamp} is {abs(round(skew))} s from now ({side}, tolerance {tolerance:g} s)"
+        )
+    expected = _request_digest(_key_bytes(key), timestamp, _body_bytes(body)).encode()
+    matched = False
+    for candidate in signatures:
+        matched |= hmac.compare_digest(expected, candidate.encode())
+    if not matched:
+        raise SignatureError("signature mismatch: no v1 signature matches the body")
