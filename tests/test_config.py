@@ -157,3 +157,14 @@ def test_config_error_pickles_with_attributes():
     copy = pickle.loads(pickle.dumps(info.value))
     assert isinstance(copy, AOPError) and isinstance(copy, ValueError)
     assert (copy.field, copy.value, str(copy)) == ("batch_size", 0, str(info.value))
+
+
+def test_configuration_reference_documents_every_field():
+    """docs/configuration.md names every field, and every scalar field's AOP_ variable."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for f in fields(ClientConfig):
+        assert f"`{f.name}`" in text, f.name
+    for name in _scalar_fields():
+        assert f"`AOP_{name.upper()}`" in text, name
