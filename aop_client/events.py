@@ -1,0 +1,423 @@
+"""The trace event model of protocol v1, section 1: envelope, payloads and their validation.
+
+This module owns what a valid event *is*. It is pure (no I/O, no clock, no
+randomness except the uuid4 helpers): callers pass ``now`` in.
+
+Envelope (key order as built by :func:`make_event`)::
+
+    event_id  str   UUID, the idempotency token, fixed at creation
+    run_id    str   UUID of the agent run
+    agent_id  int   from the client configuration
+    seq       int   >= 1, 1, 2, 3... without gaps within a run
+    t         str   RFC 3339 UTC with milliseconds: 2025-12-05T10:00:00.000Z
+    type      str   one of EVENT_TYPES
+    payload   dict  built by the build_*_payload functions below
+    sig       str   optional, "v1=" + 64 lowercase hex digits (added at emit time)
+
+Extra top-level fields are allowed (they are signed too).
+
+JSON policy (what :func:`check_json_value` accepts, consistent with RFC 8785
+canonical JSON, which the signature is computed over): ``dict`` with ``str``
+keys, ``list`` and ``tuple`` (both are JSON arrays; the payload builders copy
+tuples into lists), ``str`` (valid Unicode, no lone surrogates), ``bool``,
+``None``, ``int`` within +-2**53 (RFC 8785 numbers are IEEE doubles: larger
+integers would change silently, so they are refused) and finite ``float``.
+Refused: NaN and infinities, ``set``, ``bytes``, non-``str`` keys, any other
+type, and nesting deeper than ``MAX_JSON_DEPTH``.
+
+Three validation levels:
+
+* :func:`validate_envelope` - the emit hot path: envelope fields only, a few us.
+* :func:`validate_event` - envelope, the full JSON walk, payload rules
+  (reasoning ``uncertainty`` level, ``steps[i].confidence`` in 0..1) and the
+  size bound ``len(orjson.dumps(event)) <= max_event_bytes``.
+* :func:`validate_imported_event` - for events read from text (``parse_toon``):
+  ``seq``, ``t``, ``type`` and ``payload`` are required; ``t`` may have any
+  number of fractional digits (or none) and a ``Z`` or ``+00:00`` suffix;
+  ``event_id``, ``run_id``, ``agent_id`` and ``sig`` are optional but checked
+  when present.
+
+Every failure raises :class:`aop_client.errors.ValidationError` whose message
+and ``field`` name the path (e.g. ``payload.steps[0].confidence``) and value.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .errors import ValidationError
+
+__all__ = [
+    "EVENT_TYPES",
+    "UNCERTAINTY_LEVELS",
+    "ENVELOPE_FIELDS",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "new_event_id",
+    "new_run_id",
+    "format_timestamp",
+    "parse_timestamp",
+    "make_event",
+    "is_uuid",
+    "validate_envelope",
+    "check_json_value",
+    "copy_json_value",
+    "check_confidence",
+    "check_uncertainty",
+    "validate_payload",
+    "validate_event",
+    "validate_imported_event",
+]
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    {"reasoning", "action_request", "action_response", "final_output", "error", "custom"}
+)
+UNCERTAINTY_LEVELS: frozenset[str] = frozenset({"low", "medium", "high"})
+ENVELOPE_FIELDS: tuple[str, ...] = ("event_id", "run_id", "agent_id", "seq", "t", "type", "payload")
+DEFAULT_MAX_EVENT_BYTES = 1_000_000
+MAX_JSON_DEPTH = 100
+MAX_SAFE_INTEGER = 2**53
+_MAX_UNIX_SECONDS = 253402300800  # 10000-01-01T00:00:00Z, first instant RFC 3339 cannot write
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SIG_RE = re.compile(r"v1=[0-9a-f]{64}")
+_CANONICAL_T_RE = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"
+)
+_RFC3339_UTC_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:[Zz]|[+-]00:00)"
+)
+_SIMPLE_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _show(value: Any) -> str:
+    """Return a short repr of ``value`` for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fail(field: str, problem: str, value: Any) -> ValidationError:
+    return ValidationError(f"{field}: {problem}, got {_show(value)}", field=field, value=value)
+
+
+def new_event_id() -> str:
+    """Return a fresh idempotency token (uuid4 string)."""
+    return str(uuid.uuid4())
+
+
+def new_run_id() -> str:
+    """Return a fresh run identifier (uuid4 string)."""
+    return str(uuid.uuid4())
+
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def format_timestamp(unix_seconds: float) -> str:
+    """Format unix seconds as RFC 3339 UTC with milliseconds, e.g. ``2025-12-05T10:00:00.000Z``."""
+    global _last_second
+    if type(unix_seconds) not in (int, float) or not 0 <= unix_seconds < _MAX_UNIX_SECONDS:
+        raise _fail("t", "timestamp must be finite unix seconds in years 1970..9999", unix_seconds)
+    whole, millis = divmod(int(round(unix_seconds * 1000)), 1000)
+    cached_second, prefix = _last_second
+    if cached_second != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _last_second = (whole, prefix)
+    return f"{prefix}.{millis:03d}Z"
+
+
+def parse_timestamp(s: str) -> float:
+    """Parse an RFC 3339 UTC timestamp (``Z`` or ``+00:00``, optional fraction) into unix seconds."""
+    match = _RFC3339_UTC_RE.fullmatch(s) if isinstance(s, str) else None
+    if match is None:
+        raise _fail("t", "expected an RFC 3339 UTC timestamp like 2025-12-05T10:00:00.000Z", s)
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    try:
+        datetime(year, month, day, hour, minute, second)
+    except ValueError as e:
+        raise _fail("t", f"not a real date and time ({e})", s) from e
+    fraction = float(match.group(7)) if match.group(7) else 0.0
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) + fraction
+
+
+def is_uuid(value: Any) -> bool:
+    """Return True when ``value`` is a string in the 8-4-4-4-12 hex UUID form (any case)."""
+    return type(value) is str and _UUID_RE.fullmatch(value) is not None
+
+
+def make_event(
+    *,
+    run_id: str,
+    agent_id: int,
+    seq: int,
+    type: str,
+    payload: dict,
+    now: float,
+    event_id: str | None = None,
+) -> dict:
+    """Build an envelope dict (not validated, not signed) in protocol key order."""
+    return {
+        "event_id": event_id if event_id is not None else str(uuid.uuid4()),
+        "run_id": run_id,
+        "agent_id": agent_id,
+        "seq": seq,
+        "t": format_timestamp(now),
+        "type": type,
+        "payload": payload,
+    }
+
+
+def _check_t_canonical(t: Any) -> None:
+    match = _CANONICAL_T_RE.fullmatch(t) if type(t) is str else None
+    if match is None:
+        raise _fail("t", "expected RFC 3339 UTC with milliseconds like 2025-12-05T10:00:00.000Z", t)
+    if match.group(1) > "28":  # days 29..31 exist only in some months
+        parse_timestamp(t)
+
+
+_known_good_run_id: str = ""  # the run_id of the previous event (hot path: skip its regex)
+
+
+def _check_identity_fields(event: Mapping) -> None:
+    """Check the optional-in-text fields event_id, run_id, agent_id and sig when present."""
+    global _known_good_run_id
+    event_id = event.get("event_id", _UUID_SAMPLE)
+    if type(event_id) is not str or _UUID_RE.fullmatch(event_id) is None:
+        raise _fail("event_id", "expected a UUID string", event_id)
+    run_id = event.get("run_id", _UUID_SAMPLE)
+    if run_id is not _known_good_run_id:
+        if type(run_id) is not str or _UUID_RE.fullmatch(run_id) is None:
+            raise _fail("run_id", "expected a UUID string", run_id)
+        _known_good_run_id = run_id
+    agent_id = event.get("agent_id", 0)
+    if type(agent_id) is not int:
+        raise _fail("agent_id", "expected an integer", agent_id)
+    sig = event.get("sig")
+    if sig is not None or "sig" in event:
+        if type(sig) is not str or _SIG_RE.fullmatch(sig) is None:
+            raise _fail("sig", 'expected "v1=" followed by 64 lowercase hex digits', sig)
+
+
+_UUID_SAMPLE = "00000000-0000-4000-8000-000000000000"
+
+
+def _check_core_fields(event: Any, required: tuple[str, ...]) -> None:
+    """Check that the required fields exist and that seq, type and payload are well formed."""
+    if type(event) is not dict and not isinstance(event, Mapping):
+        raise _fail("event", "expected an object (dict)", event)
+    for name in required:
+        if name not in event:
+            raise ValidationError(f"{name}: required envelope field is missing", field=name)
+    seq = event["seq"]
+    if type(seq) is not int or seq < 1:
+        raise _fail("seq", "expected an integer >= 1", seq)
+    kind = event["type"]
+    if type(kind) is not str or kind not in EVENT_TYPES:
+        raise _fail("type", f"expected one of {sorted(EVENT_TYPES)}", kind)
+    payload = event["payload"]
+    if type(payload) is not dict and not isinstance(payload, dict):
+        raise _fail("payload", "expected an object (dict)", payload)
+
+
+def validate_envelope(event: Mapping) -> None:
+    """Check the envelope fields only (cheap, emit hot path); raise ValidationError naming the field."""
+    _check_core_fields(event, ENVELOPE_FIELDS)
+    _check_identity_fields(event)
+    _check_t_canonical(event["t"])
+
+
+class _BadValue(Exception):
+    """Internal: a JSON walk failure; ``segments`` collects the path on the way out."""
+
+    def __init__(self, problem: str, value: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.value = value
+        self.segments: list[str] = []
+
+
+def _key_segment(key: str) -> str:
+    return "." + key if _SIMPLE_KEY_RE.fullmatch(key) else "[" + orjson.dumps(key).decode() + "]"
+
+
+def _check_scalar(value: Any) -> bool:
+    """Return True when ``value`` is an acceptable JSON scalar; raise _BadValue when it is a bad one."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        return False
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise _BadValue(f"string is not valid Unicode ({e.reason})", value) from None
+        return True
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return True
+        raise _BadValue("integer outside +-2**53 cannot be represented exactly in JSON", value)
+    if isinstance(value, float):
+        if value - value == 0.0:
+            return True
+        raise _BadValue("NaN and infinities are not JSON", value)
+    return False
+
+
+def _walk(value: Any, depth: int) -> None:
+    """Check ``value``; exact builtin scalars inside containers take an inlined fast path."""
+    if _check_scalar(value):
+        return
+    if depth > MAX_JSON_DEPTH:
+        raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
+    if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str and not isinstance(key, str):
+                raise _BadValue("object keys must be strings", key)
+        pairs: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        pairs = enumerate(value)
+    else:
+        raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
+    for key, item in pairs:
+        kind = type(item)
+        if kind is str:
+            if item.isascii():
+                continue
+        elif kind is float:
+            if item - item == 0.0:
+                continue
+        elif kind is int:
+            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                continue
+        elif kind is bool or item is None:
+            continue
+        try:
+            _walk(item, depth + 1)
+        except _BadValue as bad:
+            bad.segments.append(f"[{key}]" if type(key) is int else _key_segment(key))
+            raise
+
+
+def _copy(value: Any, depth: int) -> Any:
+    if _check_scalar(value):
+        return value
+    if depth > MAX_JSON_DEPTH:
+        raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _BadValue("object keys must be strings", key)
+            try:
+                result[key] = _copy(item, depth + 1)
+            except _BadValue as bad:
+                bad.segments.append(_key_segment(key))
+                raise
+        return result
+    if isinstance(value, (list, tuple)):
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_copy(item, depth + 1))
+            except _BadValue as bad:
+                bad.segments.append(f"[{index}]")
+                raise
+        return items
+    raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
+
+
+def _to_validation_error(bad: _BadValue, path: str) -> ValidationError:
+    field = path + "".join(reversed(bad.segments))
+    return _fail(field, bad.problem, bad.value)
+
+
+def check_json_value(value: Any, path: str = "payload") -> None:
+    """Walk ``value`` and raise ValidationError (naming e.g. ``payload.steps[0].x``) if it is not JSON."""
+    try:
+        _walk(value, 0)
+    except _BadValue as bad:
+        raise _to_validation_error(bad, path) from None
+
+
+def copy_json_value(value: Any, path: str = "payload") -> Any:
+    """Return a deep copy of ``value`` (tuples become lists) after the checks of check_json_value."""
+    try:
+        return _copy(value, 0)
+    except _BadValue as bad:
+        raise _to_validation_error(bad, path) from None
+
+
+def check_confidence(value: Any, field: str) -> None:
+    """Raise ValidationError unless ``value`` is a real number in 0..1."""
+    if type(value) not in (int, float) or not 0.0 <= value <= 1.0:
+        raise _fail(field, "confidence must be a number between 0 and 1", value)
+
+
+def check_uncertainty(value: Any, field: str = "payload.uncertainty") -> None:
+    """Raise ValidationError unless ``value`` is one of UNCERTAINTY_LEVELS."""
+    if type(value) is not str or value not in UNCERTAINTY_LEVELS:
+        raise _fail(field, f"expected one of {sorted(UNCERTAINTY_LEVELS)}", value)
+
+
+def validate_payload(event_type: str, payload: Mapping) -> None:
+    """Check the type-specific payload rules (reasoning: uncertainty level, step confidences)."""
+    if event_type != "reasoning":
+        return
+    uncertainty = payload.get("uncertainty", "low")
+    if type(uncertainty) is not str or uncertainty not in UNCERTAINTY_LEVELS:
+        check_uncertainty(uncertainty)
+    steps = payload.get("steps")
+    if type(steps) is list or isinstance(steps, (list, tuple)):
+        for index, step in enumerate(steps):
+            if type(step) is dict or isinstance(step, Mapping):
+                confidence = step.get("confidence", 0.0)
+                if type(confidence) is not float or not 0.0 <= confidence <= 1.0:
+                    check_confidence(confidence, f"payload.steps[{index}].confidence")
+
+
+_CHECKED_FIELDS = frozenset({"event_id", "run_id", "agent_id", "seq", "t", "type", "sig"})
+
+
+def _check_body_and_size(event: Mapping, max_event_bytes: int) -> None:
+    for key, value in event.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise _fail("event", "top-level keys must be strings", key)
+        if key not in _CHECKED_FIELDS:
+            check_json_value(value, _key_segment(key).lstrip("."))
+    validate_payload(event["type"], event["payload"])
+    try:
+        size = len(orjson.dumps(event))
+    except (orjson.JSONEncodeError, TypeError) as e:
+        raise _fail("event", f"cannot be serialized as JSON ({e})", type(event).__name__) from e
+    if size > max_event_bytes:
+        raise ValidationError(
+            f"event: serialized size {size} bytes exceeds max_event_bytes={max_event_bytes}",
+            field="event",
+            value=size,
+        )
+
+
+def validate_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    """Full check before emit: envelope, JSON walk of every field, payload rules and size."""
+    validate_envelope(event)
+    _check_body_and_size(event, max_event_bytes)
+
+
+def validate_imported_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    """Check an event read from text: seq, t, type, payload required; identity fields optional."""
+    _check_core_fields(event, ("seq", "t", "type", "payload"))
+    _check_identity_fields(event)
+    parse_timestamp(event["t"])
+    _check_body_and_size(event, max_event_bytes)
