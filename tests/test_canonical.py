@@ -1,0 +1,271 @@
+"""canonical_json: byte-identical to the reference rfc8785.dumps, key-order independent, strict about non-JSON."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import math
+import os
+import random
+import struct
+import uuid
+
+import orjson
+import pytest
+import rfc8785
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from aop_client.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, _FAST, _scan_value, canonical_json, es6_number
+from aop_client.errors import ValidationError
+
+SOAK = os.environ.get("AOP_SOAK") == "1"
+MANY = 20_000 if SOAK else 1_500
+SOME = 2_000 if SOAK else 200
+relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# Characters that matter: controls (escaped), quote/backslash, DEL and U+2028 (not escaped),
+# BMP non-ASCII, the U+E000..U+FFFF block and astral characters (UTF-16 order differs there).
+TRICKY_CHARS = st.sampled_from(
+    ["a", "z", "\x00", "\x1f", "\n", "\t", '"', "\\", "/", "\x7f", "\u00e9", "\u2028", "\ud7ff",
+     "\ue000", "\uffff", "\ufffd", "\U00010000", "\U0001f600", "\U0010ffff"]
+)
+ANY_CHAR = st.characters(blacklist_categories=("Cs",))
+TEXT = st.text(alphabet=st.one_of(TRICKY_CHARS, ANY_CHAR), max_size=12)
+EDGE_FLOATS = st.sampled_from(
+    [0.0, -0.0, 1.0, -1.0, 0.95, 1e21, 1e20, 9.999999999999999e20, 1e-7, 1e-6, 1.5e-7, 5e-324,
+     2.2250738585072014e-308, 1.7976931348623157e308, 1e16, 9007199254740992.0, 1e-4, 9.999999999999999e-05,
+     0.1 + 0.2, 123456789.125, 1e15 + 0.5]
+)
+FLOATS = st.one_of(st.floats(allow_nan=False, allow_infinity=False), EDGE_FLOATS)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
+    st.sampled_from([MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER, 0]), FLOATS, TEXT,
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(TEXT, inner, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+def float_from_bits(bits: int) -> float:
+    """The IEEE 754 double with the given 64-bit pattern."""
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+def shuffled(value, rng: random.Random):
+    """A deep copy of value whose dicts have their keys inserted in a random order."""
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {key: shuffled(item, rng) for key, item in items}
+    if isinstance(value, (list, tuple)):
+        return type(value)(shuffled(item, rng) for item in value)
+    return value
+
+
+@settings(relaxed, max_examples=MANY)
+@given(JSON_VALUES)
+@example({"\ue000": 1, "\U0001f600": 2})
+@example([1.0, -0.0, 1e21, 5e-324, 1e-7, MAX_SAFE_INTEGER])
+@example({"": {}, "a": [], "\x00": "\x00\x1f\x7f\u2028"})
+def test_fast_path_is_byte_identical_to_rfc8785(value):
+    """canonical_json(x) == rfc8785.dumps(x) byte for byte on arbitrary JSON values."""
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@settings(relaxed, max_examples=SOME)
+@given(JSON_VALUES, st.randoms(use_true_random=False))
+def test_key_order_does_not_change_the_canonical_form(value, rng):
+    """Reinserting every object's keys in another order yields the same bytes."""
+    assert canonical_json(shuffled(value, rng)) == canonical_json(value)
+
+
+@settings(relaxed, max_examples=MANY)
+@given(FLOATS)
+def test_float_formatting_matches_rfc8785(number):
+    """es6_number and canonical_json format every finite float exactly as rfc8785 does."""
+    reference = rfc8785.dumps(number)
+    assert es6_number(number).encode() == reference
+    assert canonical_json(number) == reference
+    assert canonical_json({"x": [number]}) == b'{"x":[' + reference + b"]}"
+
+
+@settings(relaxed, max_examples=MANY)
+@given(st.integers(0, 2**64 - 1))
+def test_float_formatting_matches_rfc8785_on_random_bit_patterns(bits):
+    """Uniform random IEEE 754 bit patterns (all exponents): same bytes as rfc8785, or refused if not finite."""
+    number = float_from_bits(bits)
+    if math.isfinite(number):
+        assert canonical_json([number]) == rfc8785.dumps([number])
+    else:
+        with pytest.raises(ValidationError):
+            canonical_json([number])
+
+
+@settings(relaxed, max_examples=MANY)
+@given(st.floats(min_value=1e-4, max_value=1e16, exclude_max=True).filter(lambda f: not f.is_integer()))
+def test_orjson_float_text_is_ecmascript_in_the_fast_range(number):
+    """The premise of the fast path: in its float range orjson writes the ECMAScript form."""
+    assert orjson.dumps(number) == rfc8785.dumps(number)
+    assert orjson.dumps(-number) == rfc8785.dumps(-number)
+
+
+def test_typical_event_takes_the_orjson_fast_path():
+    """An ordinary event (ASCII keys, non-integral floats) is classified for the fast path."""
+    event = {"seq": 1, "payload": {"steps": [{"confidence": 0.95, "ok": True}], "note": None, "n": [1, 2]}}
+    assert _scan_value(event, 0) == _FAST
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (-0.0, b"0"),
+        (1.0, b"1"),
+        (1e21, b"1e+21"),
+        (1e20, b"100000000000000000000"),
+        (1e-7, b"1e-7"),
+        (1e-6, b"0.000001"),
+        (5e-324, b"5e-324"),
+        (MAX_SAFE_INTEGER, b"9007199254740991"),
+        (-MAX_SAFE_INTEGER, b"-9007199254740991"),
+        ({"b": 1, "a": 2}, b'{"a":2,"b":1}'),
+        ("\u2028\x7f\x1f", b'"\xe2\x80\xa8\x7f\\u001f"'),
+    ],
+)
+def test_known_canonical_forms(value, expected):
+    """Hand-checked RFC 8785 forms from the spec's number and string rules."""
+    assert canonical_json(value) == expected
+
+
+class Colour(enum.Enum):
+    """A plain enum: not a JSON value."""
+
+    RED = 1
+
+
+class Level(str, enum.Enum):
+    """A str-valued enum: written as its value, like rfc8785."""
+
+    LOW = "low"
+
+
+class Count(enum.IntEnum):
+    """An int-valued enum: written as its value, like rfc8785."""
+
+    THREE = 3
+
+
+class Tagged(dict):
+    """A dict subclass."""
+
+
+def test_subclasses_of_json_types_match_rfc8785():
+    """str/int enums, dict and tuple subclasses are accepted and written as rfc8785 writes them."""
+    value = Tagged(level=Level.LOW, count=Count.THREE, items=(1, 2.5), name="x")
+    assert canonical_json(value) == rfc8785.dumps(value) == b'{"count":3,"items":[1,2.5],"level":"low","name":"x"}'
+
+
+BAD_VALUES = [
+    (float("nan"), "NaN"),
+    (float("inf"), "NaN and infinities"),
+    (float("-inf"), "NaN and infinities"),
+    (MAX_SAFE_INTEGER + 1, "2**53"),
+    (-MAX_SAFE_INTEGER - 1, "2**53"),
+    (10**30, "2**53"),
+    ({1, 2}, "set is not a JSON value"),
+    (b"bytes", "bytes is not a JSON value"),
+    (datetime.datetime(2025, 1, 1), "datetime is not a JSON value"),
+    (uuid.UUID(int=1), "UUID is not a JSON value"),
+    (Colour.RED, "Colour is not a JSON value"),
+    (object(), "object is not a JSON value"),
+    ("lone \ud800 surrogate", "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("bad, reason", BAD_VALUES)
+def test_non_json_values_raise_validation_error_naming_path_and_value(bad, reason):
+    """A non-JSON leaf deep in an event raises ValidationError with its dotted path and the value."""
+    event = {"payload": {"steps": [{"confidence": bad}]}}
+    with pytest.raises(ValidationError) as caught:
+        canonical_json(event)
+    err = caught.value
+    assert err.field == "payload.steps[0].confidence"
+    assert err.value is bad
+    assert str(err).startswith("payload.steps[0].confidence: ")
+    assert reason in str(err)
+
+
+@pytest.mark.parametrize("key", [1, None, 2.5, ("a",), "\udc00"])
+def test_bad_object_keys_raise_validation_error(key):
+    """Non-string keys and keys holding lone surrogates are refused with the key's path."""
+    with pytest.raises(ValidationError) as caught:
+        canonical_json({"payload": {key: 1}})
+    assert caught.value.field.startswith("payload[")
+
+
+def test_nan_is_not_silently_written_as_null():
+    """orjson writes NaN as null; canonical_json refuses it at the top level as well."""
+    with pytest.raises(ValidationError) as caught:
+        canonical_json(float("nan"))
+    assert caught.value.field == "(root)"
+
+
+def test_depth_limit_and_cycles_are_refused():
+    """Nesting beyond MAX_DEPTH, and a self-containing list, raise ValidationError (not RecursionError)."""
+    deep: list = []
+    node = deep
+    for _ in range(MAX_DEPTH):
+        node.append([])
+        node = node[0]
+    with pytest.raises(ValidationError, match="nesting deeper"):
+        canonical_json(deep)
+    cycle: list = []
+    cycle.append(cycle)
+    with pytest.raises(ValidationError, match="nesting deeper"):
+        canonical_json(cycle)
+    shallow: list = []
+    node = shallow
+    for _ in range(MAX_DEPTH - 1):
+        node.append([])
+        node = node[0]
+    assert canonical_json(shallow) == rfc8785.dumps(shallow)
+
+
+PATH_STEPS = st.lists(
+    st.one_of(st.integers(0, 3), st.sampled_from(["payload", "steps", "x_1", "a b", "é", ""])), max_size=6
+)
+
+
+def expected_path(steps) -> str:
+    """The path string canonical_json should report for a list of keys/indices."""
+    text = ""
+    for step in steps:
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif step.isascii() and step.replace("_", "a").isalnum() and not step[0].isdigit():
+            text += ("." if text else "") + step
+        else:
+            text += "[" + json.dumps(step) + "]"
+    return text or "(root)"
+
+
+@settings(relaxed, max_examples=SOME)
+@given(PATH_STEPS, st.sampled_from([float("nan"), float("inf"), 2**53, {1}, b"x"]), JSON_VALUES)
+def test_error_path_names_exactly_where_the_bad_value_is(steps, bad, filler):
+    """A bad value planted at any path of a random structure is reported at that path."""
+    value = bad
+    for step in reversed(steps):
+        if isinstance(step, int):
+            value = [filler] * step + [value]
+        else:
+            value = {step: value}
+    with pytest.raises(ValidationError) as caught:
+        canonical_json(value)
+    assert caught.value.field == expected_path(steps)
