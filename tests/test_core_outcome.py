@@ -122,3 +122,9 @@ def test_delivered_and_rejected_partition_the_batch(batch: list[str], rejected: 
     assert isinstance(outcome, Delivered)
     assert set(outcome.delivered_ids) | set(outcome.rejected) == set(batch)
     assert not set(outcome.delivered_ids) & set(outcome.rejected)
+
+
+def test_truncated_2xx_body_is_never_read() -> None:
+    """A 2xx cut at the size limit is a Retry even when the kept prefix happens to parse."""
+    outcome = classify(200, {}, b'{"accepted": 1}', batch_event_ids=["e1"], now=NOW, truncated=True)
+    assert isinstance(outcome, Retry) and outcome.status == 200

@@ -6,8 +6,8 @@ closed set of outcomes below; it never raises on server input.
 
 Decisions where the protocol is silent (also documented in docs/perf-drain.md):
 
-* A 2xx whose body is not the documented batch response (garbage, truncated
-  because it was too large, wrong shape, malformed ``rejected`` entry) is a
+* A 2xx whose body is not the documented batch response (garbage, cut
+  because it was larger than the transport's limit, wrong shape, malformed ``rejected`` entry) is a
   ``Retry``: the client never acknowledges what it cannot read, because an
   unreadable ``rejected`` list could hide refused events. Re-sending is safe:
   the server deduplicates by ``event_id``. The Content-Type is not checked; the
@@ -138,13 +138,20 @@ def classify(
     batch_event_ids: Sequence[str],
     now: float,
     error: str | None = None,
+    truncated: bool = False,
 ) -> Outcome:
-    """Map one upload answer (status None = timeout/connection error) to the flusher's next move."""
+    """Map one upload answer (status None = timeout/connection error) to the flusher's next move.
+
+    ``truncated`` says the body was cut at the transport's size limit: a cut
+    2xx body is never read (a prefix can parse while the whole does not).
+    """
     if status is None:
         return Retry(reason=_short(f"no answer: {error or 'connection error or timeout'}"))
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         return Retry(reason=_short(f"invalid HTTP status {status!r}"), status=None)
     if 200 <= status <= 299:
+        if truncated:
+            return Retry(reason=f"HTTP {status} unreadable: body larger than the response size limit", status=status)
         read = _read_batch_response(body, batch_event_ids)
         if isinstance(read, Delivered):
             return read
