@@ -1,0 +1,309 @@
+"""The reference collector's streaming endpoints (protocol-v1 section 4), as routes added to its aiohttp app.
+
+* ``GET /ws/trace/{run_id}``: WebSocket, ``Authorization: Bearer`` checked on
+  the handshake (401 before the upgrade), one envelope per text frame,
+  answered ``{"ack": id}`` or ``{"nack": id, "reason": r}``.
+* ``POST /api/v1/traces/stream``: chunked NDJSON, same auth, answered at the
+  end of the body with the batch response of section 2.
+
+Both run every event through the same checks as the batch endpoint (shape,
+run, event signature) via an ``ingest`` callable that inserts-or-dedupes by
+``event_id``, and both honour :class:`StreamFaults` (close mid-stream, reset
+the connection, stop acknowledging, slow acknowledgements) for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from ..errors import SignatureError
+from ..streaming.frames import STREAM_PATH, encode_ack, encode_nack
+
+__all__ = [
+    "StreamFaults",
+    "InMemoryEvents",
+    "IngestResult",
+    "Ingest",
+    "add_streaming_routes",
+    "check_envelope",
+    "FAULTS_KEY",
+    "StreamServer",
+]
+
+#: ("accepted" | "duplicate" | "rejected", reason or None)
+IngestResult = tuple[str, "str | None"]
+Ingest = Callable[[dict], IngestResult]
+
+MAX_LINE_BYTES = 1_000_000 + 1024
+_REQUIRED = {"event_id": str, "run_id": str, "type": str, "t": str}
+
+
+@dataclass
+class StreamFaults:
+    """Fault injection for the stream routes; change the fields at any time from a test.
+
+    Counters are per connection (WebSocket) or per request (chunked HTTP).
+    ``budget`` limits how many connections a close/reset fault hits (None: all).
+    """
+
+    close_after: int | None = None  # server closes the stream after N events
+    reset_after: int | None = None  # server aborts the TCP connection after N events
+    stop_acking: bool = False  # read and store events but answer nothing
+    ack_delay: float = 0.0  # seconds before each ack / the end-of-stream answer
+    refuse_handshake: int | None = None  # HTTP status for every handshake/request (e.g. 503)
+    budget: int | None = None
+    fired: int = 0
+
+    def take(self) -> bool:
+        """Spend one firing of a close/reset fault; False once the budget is used up."""
+        if self.budget is not None and self.fired >= self.budget:
+            return False
+        self.fired += 1
+        return True
+
+
+#: Where add_streaming_routes puts the live StreamFaults in the app.
+FAULTS_KEY = web.AppKey("aop_stream_faults", StreamFaults)
+
+
+class InMemoryEvents:
+    """Insert-or-dedupe event storage in memory, in arrival order (for tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: dict[str, dict] = {}
+        self.arrivals: list[str] = []
+        self.duplicates = 0
+
+    def ingest(self, envelope: dict) -> IngestResult:
+        """Keep the first copy of each event_id; later copies count as duplicates."""
+        with self._lock:
+            if envelope["event_id"] in self.events:
+                self.duplicates += 1
+                return "duplicate", None
+            self.events[envelope["event_id"]] = envelope
+            self.arrivals.append(envelope["event_id"])
+            return "accepted", None
+
+    def run_seqs(self, run_id: str) -> list[int]:
+        """The seq numbers of ``run_id`` in the order they first arrived."""
+        with self._lock:
+            return [self.events[i]["seq"] for i in self.arrivals if self.events[i]["run_id"] == run_id]
+
+
+def check_envelope(envelope: Any, org_salt_key: str | None, run_id: str | None = None) -> str | None:
+    """Why ``envelope`` is refused (a reason string), or None when it may be stored."""
+    if not isinstance(envelope, dict):
+        return f"event must be a JSON object, got {type(envelope).__name__}"
+    for name, kind in _REQUIRED.items():
+        if not isinstance(envelope.get(name), kind) or not envelope[name]:
+            return f"field {name!r} must be a non-empty string, got {envelope.get(name)!r}"
+    seq = envelope.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        return f"field 'seq' must be an integer >= 1, got {seq!r}"
+    if not isinstance(envelope.get("payload"), dict):
+        return "field 'payload' must be an object"
+    if run_id is not None and envelope["run_id"] != run_id:
+        return f"run_id {envelope['run_id']!r} does not match the stream's run {run_id!r}"
+    if org_salt_key:
+        from ..signing import verify_event
+
+        try:
+            verify_event(envelope, org_salt_key)
+        except SignatureError as e:
+            return f"signature: {e.reason}"
+    return None
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+def _process(raw: bytes | str, ingest: Ingest, org_salt_key: str | None, run_id: str | None) -> tuple[str | None, str, str | None]:
+    """(event_id or None, outcome, reason) for one raw envelope."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return None, "rejected", f"not JSON at position {e.pos}: {e.msg}"
+    event_id = envelope.get("event_id") if isinstance(envelope, dict) else None
+    event_id = event_id if isinstance(event_id, str) else None
+    reason = check_envelope(envelope, org_salt_key, run_id)
+    if reason is not None:
+        return event_id, "rejected", reason
+    outcome, reason = ingest(envelope)
+    return event_id, outcome, reason
+
+
+def add_streaming_routes(
+    app: web.Application,
+    *,
+    api_key: str,
+    ingest: Ingest,
+    org_salt_key: str | None = None,
+    faults: StreamFaults | None = None,
+    ws_prefix: str = "/ws/trace/",
+    stream_path: str = STREAM_PATH,
+) -> StreamFaults:
+    """Add the WebSocket and chunked stream routes to ``app``; returns the live StreamFaults (also app[FAULTS_KEY])."""
+    faults = faults if faults is not None else StreamFaults()
+    app[FAULTS_KEY] = faults
+    app.router.add_get(ws_prefix.rstrip("/") + "/{run_id}", _ws_handler(api_key, ingest, org_salt_key, faults))
+    app.router.add_post(stream_path, _ndjson_handler(api_key, ingest, org_salt_key, faults))
+    return faults
+
+
+def _ws_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if faults.refuse_handshake:
+            return web.json_response({"error": "injected failure"}, status=faults.refuse_handshake)
+        if not _authorized(request, api_key):
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+        run_id = request.match_info["run_id"]
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=MAX_LINE_BYTES)
+        await ws.prepare(request)
+        count = 0
+        pending_acks: set[asyncio.Task] = set()
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            event_id, outcome, reason = _process(msg.data, ingest, org_salt_key, run_id)
+            count += 1
+            if faults.reset_after is not None and count >= faults.reset_after and faults.take():
+                if request.transport is not None:
+                    request.transport.abort()
+                break
+            if not faults.stop_acking and event_id is not None:
+                frame = encode_nack(event_id, reason or outcome) if outcome == "rejected" else encode_ack(event_id)
+                if faults.ack_delay > 0:
+                    task = asyncio.ensure_future(_send_later(ws, frame, faults.ack_delay))
+                    pending_acks.add(task)
+                    task.add_done_callback(pending_acks.discard)
+                else:
+                    await ws.send_str(frame)
+            if faults.close_after is not None and count >= faults.close_after and faults.take():
+                await ws.close(message=b"injected close")
+                break
+        return ws
+
+    return handle
+
+
+async def _send_later(ws: web.WebSocketResponse, frame: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    if not ws.closed:
+        try:
+            await ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if faults.refuse_handshake:
+            return web.json_response({"error": "injected failure"}, status=faults.refuse_handshake)
+        if not _authorized(request, api_key):
+            return web.json_response({"error": "missing or invalid bearer token"}, status=401)
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-ndjson":
+            return web.json_response({"error": f"Content-Type must be application/x-ndjson, got {ctype!r}"}, status=415)
+        accepted = duplicates = count = 0
+        rejected: list[dict] = []
+        buffer = b""
+        async for chunk in request.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_LINE_BYTES:
+                return web.json_response({"error": f"line {count + 1} exceeds {MAX_LINE_BYTES} bytes"}, status=413)
+            for line in lines:
+                if not line.strip():
+                    continue
+                count += 1
+                event_id, outcome, reason = _process(line, ingest, org_salt_key, None)
+                if outcome == "accepted":
+                    accepted += 1
+                elif outcome == "duplicate":
+                    duplicates += 1
+                else:
+                    rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
+                if (faults.reset_after is not None and count >= faults.reset_after) or (
+                    faults.close_after is not None and count >= faults.close_after
+                ):
+                    if faults.take() and request.transport is not None:
+                        request.transport.abort()
+                        raise asyncio.CancelledError()
+        if buffer.strip():
+            count += 1
+            event_id, outcome, reason = _process(buffer, ingest, org_salt_key, None)
+            accepted += outcome == "accepted"
+            duplicates += outcome == "duplicate"
+            if outcome == "rejected":
+                rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
+        if faults.stop_acking:
+            await asyncio.sleep(3600)  # hold the answer: the client's read timeout fires
+        if faults.ack_delay > 0:
+            await asyncio.sleep(faults.ack_delay)
+        return web.json_response({"accepted": accepted, "duplicates": duplicates, "rejected": rejected})
+
+    return handle
+
+
+
+class StreamServer:
+    """A loopback aiohttp server with only the stream routes, in a background thread (tests, benchmarks)."""
+
+    def __init__(self, *, api_key: str, org_salt_key: str | None = None, ingest: Ingest | None = None, host: str = "127.0.0.1") -> None:
+        self.events = InMemoryEvents()
+        self.api_key = api_key
+        self._host = host
+        self._app = web.Application()
+        self.faults = add_streaming_routes(self._app, api_key=api_key, ingest=ingest or self.events.ingest, org_salt_key=org_salt_key)
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="aop-stream-server", daemon=True)
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def streaming_url(self) -> str:
+        """``ws://host:port/ws/trace/``."""
+        return f"ws://{self._host}:{self.port}/ws/trace/"
+
+    def start(self) -> "StreamServer":
+        """Bind a free port and serve until :meth:`stop`."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """Close every connection and the loop."""
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._runner = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> "StreamServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()

@@ -1,0 +1,125 @@
+"""HybridClient: durable store first, real-time stream second, batch upload for whatever the stream missed.
+
+``emit_event`` stores the event through the base client (the source of truth)
+and then offers the stored envelope to a :class:`StreamingClient` without
+waiting. Events the server acknowledges on the stream are marked delivered
+in the store (from the stream's own thread, in batches) so the batch flusher
+skips them; everything else reaches the server by batch upload, and the
+server dedupes by ``event_id`` either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..errors import AOPError
+from .client import StreamingClient
+from .frames import OutgoingEvent
+
+__all__ = ["HybridClient"]
+
+log = logging.getLogger("aop_client.streaming")
+
+
+class HybridClient:
+    """Stream events in real time and upload the rest by batch; use it as a context manager."""
+
+    def __init__(
+        self,
+        base_client: Any,
+        streaming_url: str | None = None,
+        streaming_mode: str | None = None,
+        *,
+        stream_flush_timeout: float = 2.0,
+        **stream_options: Any,
+    ) -> None:
+        """Wrap ``base_client`` (an AOPClient); URL and mode default to its config's streaming settings."""
+        config = base_client.config
+        self.base_client = base_client
+        self.stream_flush_timeout = stream_flush_timeout
+        mode = streaming_mode or getattr(config, "streaming_mode", "websocket")
+        url = streaming_url or getattr(config, "effective_streaming_url", None)
+        self.stream = StreamingClient(
+            url,
+            api_key=config.api_key,
+            mode=mode,
+            base_url=config.base_url if mode == "http" else None,
+            verify_ssl=config.verify_ssl,
+            on_ack_batch=self._mark_delivered,
+            **stream_options,
+        )
+        self._entered = False
+        self._finalized = False
+        self.marked_delivered = 0
+
+    def __repr__(self) -> str:
+        return f"HybridClient(stream={self.stream!r})"
+
+    # -- lifecycle --
+
+    def start(self) -> "HybridClient":
+        """Start the base client and open the stream (a stream failure is logged, never raised)."""
+        self.base_client.start()
+        try:
+            self.stream.connect()
+        except AOPError as e:
+            log.warning("streaming unavailable, events go by batch upload: %s", e)
+        self._entered = True
+        self._finalized = False
+        return self
+
+    def __enter__(self) -> "HybridClient":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finalize if not done yet, close the stream and stop the base client."""
+        if not self._entered:
+            return
+        try:
+            if not self._finalized:
+                self.finalize(timeout)
+        finally:
+            self.stream.disconnect(timeout=0.5)
+            self.base_client.stop(timeout)
+            self._entered = False
+
+    # -- events --
+
+    def emit_event(self, event: dict) -> Any:
+        """Store ``event`` durably (base client), then offer it to the stream without waiting."""
+        result = self.base_client.emit_event(event)
+        if result:
+            try:
+                self.stream.send_encoded(OutgoingEvent(result.event_id, result.run_id, result.body))
+            except Exception:  # the stream is best-effort; the store already has the event
+                log.debug("stream refused event %s", result.event_id, exc_info=True)
+        return result
+
+    def _mark_delivered(self, event_ids: list[str]) -> None:
+        """Stream thread: record acknowledged events as delivered in the store."""
+        try:
+            self.marked_delivered += int(self.base_client.mark_delivered(event_ids) or 0)
+        except Exception:
+            log.warning("could not mark %d streamed events delivered; batch upload will resend them", len(event_ids), exc_info=True)
+
+    def finalize(self, timeout: float = 30.0) -> bool:
+        """Give the stream a bounded moment to finish, then let the base client deliver the rest by batch."""
+        started = time.monotonic()
+        self.stream.flush(min(self.stream_flush_timeout, timeout))
+        self._finalized = True
+        remaining = max(0.1, timeout - (time.monotonic() - started))
+        finalize = getattr(self.base_client, "finalize", None)
+        if finalize is None:  # a base client without finalize(): stopping flushes it
+            return bool(self.base_client.stop(remaining))
+        return bool(finalize(timeout=remaining))
+
+    def stats(self) -> dict:
+        """The stream's counters plus ``marked_delivered`` (events settled by stream acks)."""
+        stats = self.stream.stats()
+        stats["marked_delivered"] = self.marked_delivered
+        return stats
