@@ -20,7 +20,7 @@ FUZZ = settings(
 )
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
@@ -36,7 +36,7 @@ plausible_bodies = st.fixed_dictionaries(
         ) | json_values,
     },
 ).map(orjson.dumps)
-bodies = st.binary(max_size=2000) | plausible_bodies | json_values.map(orjson.dumps)
+bodies = st.binary(max_size=2000) | st.just(b"{\"accepted\": 99999999999999999999999}") | plausible_bodies | json_values.map(orjson.dumps)
 statuses = st.none() | st.integers(-(2**31), 2**31) | st.integers(100, 599)
 headers = st.dictionaries(st.sampled_from(["Retry-After", "retry-after", "Content-Type", "X"]) | st.text(max_size=10),
                           st.text(max_size=40) | st.integers(0, 10**6).map(str), max_size=4)
