@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_SAFE_INTEGER",
+    "ELLIPSIS_PLACEHOLDER",
     "new_event_id",
     "new_run_id",
     "format_timestamp",
@@ -87,6 +88,7 @@ ENVELOPE_FIELDS: tuple[str, ...] = ("event_id", "run_id", "agent_id", "seq", "t"
 DEFAULT_MAX_EVENT_BYTES = 1_000_000
 MAX_JSON_DEPTH = 100
 MAX_SAFE_INTEGER = 2**53
+ELLIPSIS_PLACEHOLDER = "..."
 _MAX_UNIX_SECONDS = 253402300800  # 10000-01-01T00:00:00Z, first instant RFC 3339 cannot write
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -310,7 +312,7 @@ def _walk(value: Any, depth: int) -> None:
             raise
 
 
-def _copy(value: Any, depth: int) -> Any:
+def _copy(value: Any, depth: int, placeholders: bool) -> Any:
     if _check_scalar(value):
         return value
     if depth > MAX_JSON_DEPTH:
@@ -321,7 +323,7 @@ def _copy(value: Any, depth: int) -> Any:
             if not isinstance(key, str):
                 raise _BadValue("object keys must be strings", key)
             try:
-                result[key] = _copy(item, depth + 1)
+                result[key] = _copy(item, depth + 1, placeholders)
             except _BadValue as bad:
                 bad.segments.append(_key_segment(key))
                 raise
@@ -330,11 +332,13 @@ def _copy(value: Any, depth: int) -> Any:
         items = []
         for index, item in enumerate(value):
             try:
-                items.append(_copy(item, depth + 1))
+                items.append(_copy(item, depth + 1, placeholders))
             except _BadValue as bad:
                 bad.segments.append(f"[{index}]")
                 raise
         return items
+    if value is Ellipsis and placeholders:
+        return ELLIPSIS_PLACEHOLDER
     raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
 
 
@@ -351,10 +355,14 @@ def check_json_value(value: Any, path: str = "payload") -> None:
         raise _to_validation_error(bad, path) from None
 
 
-def copy_json_value(value: Any, path: str = "payload") -> Any:
-    """Return a deep copy of ``value`` (tuples become lists) after the checks of check_json_value."""
+def copy_json_value(value: Any, path: str = "payload", *, ellipsis_placeholder: bool = False) -> Any:
+    """Return a deep copy of ``value`` (tuples become lists) after the checks of check_json_value.
+
+    With ``ellipsis_placeholder=True`` a Python ``...`` becomes the string ``"..."``
+    (documentation-style placeholders such as ``{"results": [...]}``).
+    """
     try:
-        return _copy(value, 0)
+        return _copy(value, 0, ellipsis_placeholder)
     except _BadValue as bad:
         raise _to_validation_error(bad, path) from None
 

@@ -44,6 +44,7 @@ import toon_format
 from .errors import ToonParseError, ValidationError
 from .events import (
     DEFAULT_MAX_EVENT_BYTES,
+    ELLIPSIS_PLACEHOLDER,
     MAX_SAFE_INTEGER,
     check_confidence,
     check_json_value,
@@ -69,7 +70,13 @@ _TOON_ROOT_ARRAY_RE = re.compile(r"\[\d+[\t|]?\](?:\{[^\n]*\})?:")
 _FIRST_INDENT_RE = re.compile(r"^( +)\S", re.MULTILINE)
 
 
+def _copy_data(value: Any, field: str) -> Any:
+    return copy_json_value(value, field, ellipsis_placeholder=True)
+
+
 def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
+    if value is Ellipsis:
+        return ELLIPSIS_PLACEHOLDER
     if not isinstance(value, str) or (not allow_empty and not value):
         raise ValidationError(f"{field}: expected a non-empty string, got {value!r:.80}", field=field, value=value)
     check_json_value(value, field)
@@ -79,7 +86,7 @@ def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
 def _object_field(value: Any, field: str) -> dict:
     if not isinstance(value, Mapping):
         raise ValidationError(f"{field}: expected an object (dict), got {value!r:.80}", field=field, value=value)
-    return copy_json_value(dict(value), field)
+    return _copy_data(dict(value), field)
 
 
 def _list_of_objects(value: Any, field: str) -> list:
@@ -95,7 +102,10 @@ class ToonBuilder:
 
     Required fields are always present; optional ones appear only when given
     (not ``None``). Inputs are deep-copied (tuples become lists), so later
-    changes to the caller's objects do not alter a built payload.
+    changes to the caller's objects do not alter a built payload. A Python
+    ``...`` (Ellipsis) in any argument is read as the placeholder string
+    ``"..."``, so documentation snippets such as ``data={"results": [...]}`` run
+    as written. Invalid input raises ValidationError naming the payload path.
     """
 
     @staticmethod
@@ -118,7 +128,7 @@ class ToonBuilder:
         check_uncertainty(uncertainty)
         payload["uncertainty"] = uncertainty
         for key, value in extra.items():
-            payload[key] = copy_json_value(value, f"payload.{key}")
+            payload[key] = _copy_data(value, f"payload.{key}")
         return payload
 
     @staticmethod
@@ -141,7 +151,7 @@ class ToonBuilder:
         """Return ``{status[, data][, meta]}``; ``data`` may be any JSON value."""
         payload: dict = {"status": _text_field(status, "payload.status")}
         if data is not None:
-            payload["data"] = copy_json_value(data, "payload.data")
+            payload["data"] = _copy_data(data, "payload.data")
         if meta is not None:
             payload["meta"] = _object_field(meta, "payload.meta")
         return payload
@@ -151,7 +161,7 @@ class ToonBuilder:
         """Return ``{text[, structured]}``; ``text`` may be empty, ``structured`` any JSON value."""
         payload: dict = {"text": _text_field(text, "payload.text", allow_empty=True)}
         if structured is not None:
-            payload["structured"] = copy_json_value(structured, "payload.structured")
+            payload["structured"] = _copy_data(structured, "payload.structured")
         return payload
 
     @staticmethod
@@ -176,7 +186,7 @@ class ToonBuilder:
         """Return ``{name[, data]}`` for an application-defined event; ``data`` may be any JSON value."""
         payload: dict = {"name": _text_field(name, "payload.name")}
         if data is not None:
-            payload["data"] = copy_json_value(data, "payload.data")
+            payload["data"] = _copy_data(data, "payload.data")
         return payload
 
 
