@@ -43,7 +43,7 @@ import rfc8785
 
 from .errors import ValidationError
 
-__all__ = ["canonical_json", "es6_number", "MAX_SAFE_INTEGER", "MAX_DEPTH"]
+__all__ = ["canonical_json", "es6_number", "large_integers_as_doubles", "MAX_SAFE_INTEGER", "MAX_DEPTH"]
 
 #: Largest integer magnitude RFC 8785 (an IEEE 754 double) represents exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -239,6 +239,32 @@ def es6_number(value: float) -> str:
         exponent = point - 1
         body = digits[0] + ("." + digits[1:] if count > 1 else "") + "e" + ("+" if exponent > 0 else "-") + str(abs(exponent))
     return sign + body
+
+
+def large_integers_as_doubles(value: Any) -> Any:
+    """Copy of a parsed JSON value with integers beyond +-(2**53-1) that are exact doubles made floats.
+
+    RFC 8785 reads every number as an IEEE 754 double and writes an integral
+    double such as ``1e20`` as ``100000000000000000000``; a Python JSON parser
+    reads that back as an ``int``, which :func:`canonical_json` refuses. A
+    verifier applies this first, so such a value canonicalizes as the double
+    it was signed as. Integers not written as RFC 8785 writes some double stay
+    integers (and are refused).
+    """
+    t = type(value)
+    if t is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        try:
+            as_double = float(value)
+        except OverflowError:
+            return value
+        # 5.228359080517314e16 is written 52283590805173140 (shortest digits, zero-padded),
+        # which is not its exact value: compare texts, not numbers.
+        return as_double if es6_number(as_double) == str(value) else value
+    if t is dict:
+        return {key: large_integers_as_doubles(item) for key, item in value.items()}
+    if t is list or t is tuple:
+        return [large_integers_as_doubles(item) for item in value]
+    return value
 
 
 def _with_float_fragments(value: Any) -> Any:

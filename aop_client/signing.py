@@ -23,7 +23,7 @@ import math
 import re
 from typing import Any, Mapping
 
-from .canonical import canonical_json
+from .canonical import canonical_json, large_integers_as_doubles
 from .errors import ConfigError, SignatureError, ValidationError
 
 __all__ = [
@@ -133,8 +133,13 @@ def verify_event(event: Mapping, key: str | bytes) -> None:
         raise SignatureError("malformed signature: 'sig' must be 'v1=' followed by 64 lowercase hex digits")
     try:
         expected = event_signature(event, key)
-    except ValidationError as e:
-        raise SignatureError(f"unverifiable event: {e}") from e
+    except ValidationError as strict_error:
+        # A parsed body may hold ints > 2**53 that were integral doubles when signed (1e20 is
+        # written 100000000000000000000); read them back as doubles, as RFC 8785 does.
+        try:
+            expected = event_signature(large_integers_as_doubles(_event_dict(event)), key)
+        except ValidationError:
+            raise SignatureError(f"unverifiable event: {strict_error}") from strict_error
     if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise SignatureError("signature mismatch: 'sig' does not match the event content")
 
