@@ -252,7 +252,7 @@ def _key_segment(key: str) -> str:
     return "." + key if _SIMPLE_KEY_RE.fullmatch(key) else "[" + orjson.dumps(key).decode() + "]"
 
 
-def _check_scalar(value: Any) -> bool:
+def _check_scalar(value: Any, int_limit: float = MAX_SAFE_INTEGER) -> bool:
     """Return True when ``value`` is an acceptable JSON scalar; raise _BadValue when it is a bad one."""
     kind = type(value)
     if kind is dict or kind is list:
@@ -267,7 +267,7 @@ def _check_scalar(value: Any) -> bool:
     if value is None or isinstance(value, bool):
         return True
     if isinstance(value, int):
-        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        if -int_limit <= value <= int_limit:
             return True
         raise _BadValue("integer outside +-2**53 cannot be represented exactly in JSON", value)
     if isinstance(value, float):
@@ -277,9 +277,9 @@ def _check_scalar(value: Any) -> bool:
     return False
 
 
-def _walk(value: Any, depth: int) -> None:
+def _walk(value: Any, depth: int, int_limit: float) -> None:
     """Check ``value``; exact builtin scalars inside containers take an inlined fast path."""
-    if _check_scalar(value):
+    if _check_scalar(value, int_limit):
         return
     if depth > MAX_JSON_DEPTH:
         raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
@@ -301,12 +301,12 @@ def _walk(value: Any, depth: int) -> None:
             if item - item == 0.0:
                 continue
         elif kind is int:
-            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+            if -int_limit <= item <= int_limit:
                 continue
         elif kind is bool or item is None:
             continue
         try:
-            _walk(item, depth + 1)
+            _walk(item, depth + 1, int_limit)
         except _BadValue as bad:
             bad.segments.append(f"[{key}]" if type(key) is int else _key_segment(key))
             raise
@@ -347,10 +347,14 @@ def _to_validation_error(bad: _BadValue, path: str) -> ValidationError:
     return _fail(field, bad.problem, bad.value)
 
 
-def check_json_value(value: Any, path: str = "payload") -> None:
-    """Walk ``value`` and raise ValidationError (naming e.g. ``payload.steps[0].x``) if it is not JSON."""
+def check_json_value(value: Any, path: str = "payload", *, exact_doubles_only: bool = True) -> None:
+    """Walk ``value`` and raise ValidationError (naming e.g. ``payload.steps[0].x``) if it is not JSON.
+
+    ``exact_doubles_only=False`` lifts the +-2**53 integer bound (plain JSON/TOON
+    data that is not going to be signed).
+    """
     try:
-        _walk(value, 0)
+        _walk(value, 0, MAX_SAFE_INTEGER if exact_doubles_only else math.inf)
     except _BadValue as bad:
         raise _to_validation_error(bad, path) from None
 

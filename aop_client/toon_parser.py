@@ -223,7 +223,7 @@ def decode_toon_value(
 
 def encode_toon_value(value: Any, *, indent_size: int = 2, delimiter: str = ",") -> str:
     """Encode a JSON value as TOON; raise ValidationError if it is not JSON (NaN, sets, bytes...)."""
-    check_json_value(value, "value")
+    check_json_value(value, "value", exact_doubles_only=False)
     try:
         return toon_format.encode(value, indent_size=indent_size, delimiter=delimiter)
     except (TypeError, ValueError, RecursionError) as e:
@@ -364,6 +364,7 @@ def to_toon(obj: Any, pretty: bool = False) -> str:
     (NaN, infinities, sets, bytes, non-str keys, integers beyond +-2**53) raise
     ValidationError instead of being silently converted.
     """
+    check_json_value(obj, "value")
     if pretty:
         return encode_toon_value(_pretty(obj), indent_size=PRETTY_INDENT)
     return encode_toon_value(obj)
