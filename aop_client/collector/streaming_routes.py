@@ -58,6 +58,7 @@ class StreamFaults:
     stop_acking: bool = False  # read and store events but answer nothing
     ack_delay: float = 0.0  # seconds before each ack / the end-of-stream answer
     refuse_handshake: int | None = None  # HTTP status for every handshake/request (e.g. 503)
+    freeze: bool = False  # WebSocket: stop reading the socket at all (no acks, no pongs) while set
     budget: int | None = None
     fired: int = 0
 
@@ -170,31 +171,57 @@ def _ws_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: 
         run_id = request.match_info["run_id"]
         ws = web.WebSocketResponse(autoping=True, max_msg_size=MAX_LINE_BYTES)
         await ws.prepare(request)
-        count = 0
         pending_acks: set[asyncio.Task] = set()
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            event_id, outcome, reason = _process(msg.data, ingest, org_salt_key, run_id)
-            count += 1
-            if faults.reset_after is not None and count >= faults.reset_after and faults.take():
-                if request.transport is not None:
-                    request.transport.abort()
-                break
-            if not faults.stop_acking and event_id is not None:
-                frame = encode_nack(event_id, reason or outcome) if outcome == "rejected" else encode_ack(event_id)
-                if faults.ack_delay > 0:
-                    task = asyncio.ensure_future(_send_later(ws, frame, faults.ack_delay))
-                    pending_acks.add(task)
-                    task.add_done_callback(pending_acks.discard)
-                else:
-                    await ws.send_str(frame)
-            if faults.close_after is not None and count >= faults.close_after and faults.take():
-                await ws.close(message=b"injected close")
-                break
+        freezer = asyncio.ensure_future(_freeze_watch(request, faults))
+        try:
+            await _ws_loop(ws, request, run_id, ingest, org_salt_key, faults, pending_acks)
+        finally:
+            freezer.cancel()
         return ws
 
     return handle
+
+
+async def _freeze_watch(request: web.Request, faults: StreamFaults) -> None:
+    """Pause reading the connection while ``faults.freeze`` is set (a server that went silent)."""
+    frozen = False
+    while True:
+        if faults.freeze != frozen and request.transport is not None:
+            frozen = faults.freeze
+            (request.transport.pause_reading if frozen else request.transport.resume_reading)()
+        await asyncio.sleep(0.01)
+
+
+async def _ws_loop(
+    ws: web.WebSocketResponse,
+    request: web.Request,
+    run_id: str,
+    ingest: Ingest,
+    org_salt_key: str | None,
+    faults: StreamFaults,
+    pending_acks: set,
+) -> None:
+    count = 0
+    async for msg in ws:
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            continue
+        event_id, outcome, reason = _process(msg.data, ingest, org_salt_key, run_id)
+        count += 1
+        if faults.reset_after is not None and count >= faults.reset_after and faults.take():
+            if request.transport is not None:
+                request.transport.abort()
+            break
+        if not faults.stop_acking and event_id is not None:
+            frame = encode_nack(event_id, reason or outcome) if outcome == "rejected" else encode_ack(event_id)
+            if faults.ack_delay > 0:
+                task = asyncio.ensure_future(_send_later(ws, frame, faults.ack_delay))
+                pending_acks.add(task)
+                task.add_done_callback(pending_acks.discard)
+            else:
+                await ws.send_str(frame)
+        if faults.close_after is not None and count >= faults.close_after and faults.take():
+            await ws.close(message=b"injected close")
+            break
 
 
 async def _send_later(ws: web.WebSocketResponse, frame: str, delay: float) -> None:
@@ -260,7 +287,9 @@ def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faul
 class StreamServer:
     """A loopback aiohttp server with only the stream routes, in a background thread (tests, benchmarks)."""
 
-    def __init__(self, *, api_key: str, org_salt_key: str | None = None, ingest: Ingest | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, api_key: str, org_salt_key: str | None = None, ingest: Ingest | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.events = InMemoryEvents()
         self.api_key = api_key
         self._host = host
@@ -269,7 +298,7 @@ class StreamServer:
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="aop-stream-server", daemon=True)
-        self.port = 0
+        self.port = port
 
     @property
     def base_url(self) -> str:
@@ -290,7 +319,7 @@ class StreamServer:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0)
+        site = web.TCPSite(self._runner, self._host, self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -124,6 +124,7 @@ class StreamingClient:
         self._reconnects = 0
         self._connects = 0
         self._last_error: str | None = None
+        self._last_status: int | None = None
         self._current_run: str | None = None
 
     def __repr__(self) -> str:
@@ -151,7 +152,9 @@ class StreamingClient:
             return True
         self._attempted.wait(self._connect_timeout if timeout is None else timeout)
         if not self._connected.is_set():
-            raise TransportError(f"cannot open stream {self._url}: {self._last_error or 'timed out'}", retryable=True)
+            raise TransportError(
+                f"cannot open stream {self._url}: {self._last_error or 'timed out'}", status=self._last_status, retryable=True
+            )
         return True
 
     def send_event(self, event: dict | bytes) -> bool:
@@ -246,6 +249,7 @@ class StreamingClient:
 
     def _failed(self, error: BaseException | str) -> None:
         self._last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self._last_status = getattr(error, "status", None)
         self._connected.clear()
         self._attempted.set()
 
