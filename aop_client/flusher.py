@@ -1,0 +1,426 @@
+"""The flusher: the one loop that drains the host's store to the server while this process is elected.
+
+It owns the thread, the leader's fencing epoch, the held batch, the hooks and
+the delivery counters; every decision is made by :mod:`aop_client.core` (when
+a batch is ready, what an answer means, how long to wait) and every byte goes
+through the store and :class:`~aop_client.transport.HttpTransport`.
+
+Guarantees:
+
+* nothing is acknowledged in the store without a readable 2xx for it
+  (see :func:`aop_client.core.outcome.classify`);
+* every store mutation carries the epoch won with the election, so a deposed
+  flusher gets :class:`~aop_client.errors.FencedError` and steps down;
+* a failed batch keeps its ``batch_id`` (Idempotency-Key) across retries; after
+  ``max_retries`` failures its events go to the store's fallback state (and,
+  with ``fallback_dir``, to ``fallback_<run_id>_<stamp>.json`` files) and are
+  retried on the next flush, by the next leader, or by ``aop flush``;
+* ``stop(timeout)`` returns within ``timeout``: undelivered events stay in the
+  store (released, or returned by lease expiry) for the next flusher.
+
+Hooks: ``pre_send_hook(event)`` runs for every event before each POST that
+carries it; ``post_send_hook(event, success)`` runs once per final outcome in
+this flusher: True when acknowledged, False when dead-lettered or parked in
+fallback. Both get a fresh dict decoded from the stored (signed) body; changing
+it changes nothing that is sent. A hook that raises is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, Callable, Optional, Sequence
+
+import orjson
+
+from .core.backoff import RetryPolicy
+from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
+from .core.flush_machine import BatchAttempt, Step, next_step
+from .core.outcome import Delivered, classify
+from .errors import FencedError
+from .store.api import Store, StoredEvent
+from .transport import HttpTransport
+
+__all__ = ["Flusher"]
+
+log = logging.getLogger("aop_client.flusher")
+
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_POLL = 0.25  # longest wait between store polls while elected and idle
+_ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
+_ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
+
+
+class Flusher:
+    """Drains one store directory while this process holds its election; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        transport: HttpTransport,
+        election: Any,
+        *,
+        batch_size: int = 100,
+        batch_interval: float = 5.0,
+        max_batch_bytes: int = 4 * 2**20,
+        retry_policy: RetryPolicy | None = None,
+        fallback_dir: str | None = None,
+        pre_send_hook: Callable[[dict], None] | None = None,
+        post_send_hook: Callable[[dict, bool], None] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        on_error: Callable[[BaseException], None] | None = None,
+        election_poll: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.election = election
+        self.batch_size = max(1, int(batch_size))
+        self.batch_interval = max(0.0, float(batch_interval))
+        self.max_batch_bytes = max(1, int(max_batch_bytes))
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.fallback_dir = fallback_dir
+        self.pre_send_hook = pre_send_hook
+        self.post_send_hook = post_send_hook
+        self.rng = rng if rng is not None else random.Random()
+        self.clock = clock
+        self.on_error = on_error
+        self.election_poll = max(0.01, float(election_poll))
+        self._epoch: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._flush_asked = 0  # flush generations requested ...
+        self._flush_done = 0  # ... and completed by the leader loop
+        self._fallback_retried_for = 0  # the last flush generation for which parked events were retried
+        self._flush_cond = threading.Condition(self._lock)
+        self._counts: dict[str, int] = defaultdict(int)
+        self._last_error: Optional[str] = None
+        self._paused = False
+
+    def __repr__(self) -> str:
+        return f"Flusher(store={getattr(self.store, 'directory', '?')!r}, leader={self.is_leader})"
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this process holds the election and a fencing epoch."""
+        return self._epoch is not None and bool(self.election.is_leader)
+
+    def start(self) -> "Flusher":
+        """Start the daemon thread that campaigns for the election and drains while elected."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="aop-flusher", daemon=True)
+            self._thread.start()
+        return self
+
+    def wakeup(self) -> None:
+        """Tell the loop that events are waiting (a full batch flushes without waiting for a poll)."""
+        self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Deliver everything in the store now (fallback included); True if nothing is left undelivered.
+
+        With the thread running, asks it for a forced drain; without it, runs a
+        one-shot drain on a helper thread. Either way returns within ``timeout``.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._thread is None or not self._thread.is_alive():
+            worker = threading.Thread(target=self._run, kwargs={"one_shot": True}, name="aop-flush", daemon=True)
+            self._stop.clear()
+            worker.start()
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._stop.set()
+                self._wake.set()
+                return False
+            return self._store_is_drained()
+        with self._flush_cond:
+            self._flush_asked += 1
+            wanted = self._flush_asked
+        self._wake.set()
+        while time.monotonic() < deadline:
+            with self._flush_cond:
+                if self._flush_done >= wanted:
+                    break
+                self._flush_cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not self.is_leader and self._store_is_drained():
+                return True
+        return self._store_is_drained()
+
+    def stop(self, timeout: float = 10.0, *, flush: bool = True) -> bool:
+        """Stop within ``timeout`` (after a final drain when leading and ``flush``); True if stopped with nothing left.
+
+        Undelivered events stay in the store; leased ones are released for the
+        next flusher. A non-leader reports only whether its thread stopped.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        thread = self._thread
+        drained = True
+        if thread is not None and thread.is_alive() and flush and self.is_leader:
+            drained = self.flush(timeout=max(0.0, deadline - time.monotonic() - 0.05))
+        self._stop.set()
+        self._wake.set()
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+        return drained
+
+    def stats(self) -> dict[str, Any]:
+        """Delivery counters of this process's flusher, plus leadership, pause state and the last error."""
+        with self._lock:
+            out: dict[str, Any] = {k: self._counts.get(k, 0) for k in (
+                "delivered", "duplicates", "dead_letters", "fallback", "retried", "split", "paused_answers",
+                "batches_sent", "hook_errors", "fallback_files", "fenced")}
+            out.update(last_error=self._last_error, paused=self._paused, is_leader=self.is_leader, epoch=self._epoch)
+        return out
+
+    # ------------------------------------------------------------ the loop
+
+    def _run(self, one_shot: bool = False) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._epoch is None and not self._campaign():
+                    if one_shot and self._store_is_drained():
+                        return None  # another process leads and has drained everything
+                    self._stop.wait(self.election_poll)
+                    continue
+                try:
+                    finished = self._drain(one_shot)
+                except FencedError as e:
+                    self._count("fenced")
+                    self._note_error(f"deposed: {e}")
+                    self._step_down()
+                    continue
+                except Exception as e:  # the loop must survive anything the store or a bug throws
+                    self._note_error(f"{type(e).__name__}: {e}", e)
+                    self._stop.wait(_ERROR_PAUSE)
+                    continue
+                if finished and one_shot:
+                    return None
+        finally:
+            self._step_down()
+
+    def _campaign(self) -> bool:
+        if not self.election.try_acquire():
+            return False
+        try:
+            self._epoch = self.store.begin_epoch()
+            self.store.retry_fallback()  # crash recovery: a new leader retries what was parked
+        except Exception as e:
+            self._note_error(f"could not start epoch: {type(e).__name__}: {e}", e)
+            self._epoch = None
+            self.election.release()
+            return False
+        log.info("aop_client flusher elected (epoch %s)", self._epoch)
+        return True
+
+    def _step_down(self) -> None:
+        if self._epoch is not None or self.election.is_leader:
+            self._epoch = None
+            try:
+                self.election.release()
+            except Exception as e:
+                self._note_error(f"election release failed: {e}", e)
+
+    def _drain(self, one_shot: bool) -> bool:
+        """Lease, hold and send batches until stopped; True once a one-shot drain found nothing left to lease."""
+        held: list[StoredEvent] = []
+        held_bytes = 0
+        oldest_at: Optional[float] = None
+        while True:
+            if self._stop.is_set():
+                self._release(held, attempted=False)
+                return False
+            with self._lock:
+                wanted = self._flush_asked
+            forced = one_shot or wanted > self._flush_done
+            if wanted > self._fallback_retried_for:
+                self._fallback_retried_for = wanted
+                self.store.retry_fallback()  # an explicit flush retries parked events too
+            room = self.batch_size - len(held)
+            room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
+            fresh: list[StoredEvent] = []
+            if room > 0 and (room_bytes > 0 or not held):
+                fresh = self.store.lease(room, max(1, room_bytes))
+            if fresh:
+                held.extend(fresh)
+                held_bytes += sum(len(e.body) for e in fresh)
+                if oldest_at is None:
+                    oldest_at = self.clock()
+            full = room <= 0 or (not fresh and room_bytes <= 0)
+            if should_flush(len(held), held_bytes, oldest_at, self.clock(), batch_size=self.batch_size,
+                            max_batch_bytes=self.max_batch_bytes, batch_interval=self.batch_interval,
+                            force=forced or full):
+                self._send(held)
+                held, held_bytes, oldest_at = [], 0, None
+                continue
+            if fresh:
+                continue  # top up at once while the store has more
+            if not held and forced:
+                with self._flush_cond:
+                    self._flush_done = max(self._flush_done, wanted)
+                    self._flush_cond.notify_all()
+                if one_shot:
+                    return True
+            wait = _POLL if oldest_at is None else min(_POLL, max(0.0, oldest_at + self.batch_interval - self.clock()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    # ------------------------------------------------------------ one batch
+
+    def _send(self, events: Sequence[StoredEvent]) -> None:
+        """Deliver ``events`` as one batch (and its halves after a split), applying every step to the store."""
+        queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(self._new_attempt(events), list(events))]
+        while queue:
+            attempt, batch = queue.pop(0)
+            by_id: dict[str, list[StoredEvent]] = defaultdict(list)
+            for event in batch:
+                by_id[event.event_id].append(event)
+            body = build_batch_body(attempt.batch_id, [e.body for e in batch])
+            failed_here = False
+            while True:
+                if self._stop.is_set():
+                    self._release(batch, attempted=failed_here)
+                    break
+                self._run_pre_hooks(batch)
+                response = self.transport.post_batch(attempt.batch_id, body, now=self.clock())
+                self._count("batches_sent")
+                outcome = classify(response.status, response.headers, response.body,
+                                   batch_event_ids=attempt.event_ids, now=self.clock(),
+                                   error=response.error, truncated=response.truncated)
+                step = next_step(attempt, outcome, self.retry_policy, self.rng.random())
+                self._apply(step, by_id, attempt, outcome.duplicates if isinstance(outcome, Delivered) else 0)
+                if step.halves:
+                    self._count("split")
+                    queue[:0] = [(self._new_attempt(part), part)
+                                 for part in ([e for i in half for e in by_id[i]] for half in step.halves)]
+                if step.retry is None:
+                    break
+                attempt, failed_here = step.retry, True
+                if self._stop.wait(step.delay):
+                    self._release(batch, attempted=True)
+                    break
+
+    def _new_attempt(self, events: Sequence[StoredEvent]) -> BatchAttempt:
+        ids = tuple(e.event_id for e in events)
+        failures = min((e.attempts for e in events), default=0)
+        # uuid4 reads os.urandom: forked processes never share batch ids (a seeded rng would).
+        return BatchAttempt(batch_id=str(uuid.uuid4()), event_ids=ids, failures=failures)
+
+    def _apply(self, step: Step, by_id: dict[str, list[StoredEvent]], attempt: BatchAttempt, duplicates: int) -> None:
+        epoch = self._epoch
+        if epoch is None:
+            raise FencedError("flusher has no epoch: not elected")
+        if step.ack:
+            acked = [e for i in step.ack for e in by_id[i]]
+            self.store.ack([e.ref for e in acked], epoch=epoch)
+            self._count("delivered", len(step.ack))
+            self._count("duplicates", duplicates)
+            self._paused = False
+            self._run_post_hooks(acked, True)
+        if step.dead:
+            reasons: dict[str, list[StoredEvent]] = defaultdict(list)
+            for event_id, reason in step.dead:
+                reasons[reason].extend(by_id[event_id])
+            for reason, events in reasons.items():
+                self.store.dead_letter([e.ref for e in events], reason, epoch=epoch)
+                self._run_post_hooks(events, False)
+            self._count("dead_letters", len(step.dead))
+            self._note_error(f"dead-lettered {len(step.dead)} event(s): {step.reason or step.dead[0][1]}")
+        if step.fallback:
+            parked = [e for i in step.fallback for e in by_id[i]]
+            self.store.fallback([e.ref for e in parked], epoch=epoch)
+            self._count("fallback", len(step.fallback))
+            self._note_error(f"batch {attempt.batch_id} failed {attempt.failures + 1} time(s), parked: {step.reason}")
+            if self.fallback_dir:
+                self._write_fallback_files(parked, attempt, step.reason or "")
+            self._run_post_hooks(parked, False)
+        if step.retry is not None:
+            self._count("paused_answers" if step.paused else "retried")
+            self._paused = self._paused or step.paused
+            self._note_error(f"batch {attempt.batch_id}: {step.reason}; next attempt in {step.delay:.2f} s")
+
+    def _release(self, events: Sequence[StoredEvent], *, attempted: bool) -> None:
+        if events and self._epoch is not None:
+            try:
+                self.store.release([e.ref for e in events], epoch=self._epoch, attempted=attempted)
+            except FencedError:
+                self._count("fenced")
+            except Exception as e:  # lease expiry returns them anyway
+                self._note_error(f"release failed: {type(e).__name__}: {e}", e)
+
+    # ------------------------------------------------------------ side effects
+
+    def _write_fallback_files(self, events: Sequence[StoredEvent], attempt: BatchAttempt, reason: str) -> None:
+        from .replay import build_trace_document, write_trace_file
+
+        runs: dict[str, list[dict]] = defaultdict(list)
+        for event in events:
+            runs[event.run_id].append(orjson.loads(event.body))
+        for run_id, docs in runs.items():
+            if not _SAFE_RUN_ID.match(run_id):
+                self._note_error(f"fallback file skipped: run_id {run_id[:40]!r} is not file-name safe")
+                continue
+            metadata = {"agent_id": docs[0].get("agent_id"), "reason": "max_retries", "batch_id": attempt.batch_id,
+                        "attempts": attempt.failures + 1, "last_error": reason}
+            try:
+                write_trace_file(self.fallback_dir, "fallback",
+                                 build_trace_document(run_id, docs, metadata, now=self.clock()))
+                self._count("fallback_files")
+            except Exception as e:  # the events are still safe in the store
+                self._note_error(f"fallback file not written: {type(e).__name__}: {e}", e)
+
+    def _run_pre_hooks(self, batch: Sequence[StoredEvent]) -> None:
+        hook = self.pre_send_hook
+        if hook is not None:
+            for event in batch:
+                self._call_hook(hook, event, None)
+
+    def _run_post_hooks(self, events: Sequence[StoredEvent], success: bool) -> None:
+        hook = self.post_send_hook
+        if hook is not None:
+            for event in events:
+                self._call_hook(hook, event, success)
+
+    def _call_hook(self, hook: Callable[..., Any], event: StoredEvent, success: Optional[bool]) -> None:
+        try:
+            doc = orjson.loads(event.body)
+            hook(doc) if success is None else hook(doc, success)
+        except Exception as e:  # a user hook never stops delivery
+            self._count("hook_errors")
+            log.warning("aop_client %s raised %s for event %s: %s",
+                        "pre_send_hook" if success is None else "post_send_hook", type(e).__name__, event.event_id, e)
+
+    def _store_is_drained(self) -> bool:
+        try:
+            s = self.store.stats()
+        except Exception as e:
+            self._note_error(f"store stats failed: {type(e).__name__}: {e}", e)
+            return False
+        return s.pending == 0 and s.in_flight == 0 and s.fallback == 0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _note_error(self, message: str, exc: BaseException | None = None) -> None:
+        self._last_error = message
+        if exc is not None:
+            log.warning("aop_client flusher: %s", message)
+            if self.on_error is not None:
+                try:
+                    self.on_error(exc)
+                except Exception:
+                    log.exception("aop_client flusher on_error callback raised")
