@@ -1,0 +1,74 @@
+"""The store's size gauge: how many undelivered events and segment bytes exist, refreshed cheaply.
+
+``append`` must not query shared state on every call, so each handle keeps an
+estimate refreshed at most every REFRESH_SECONDS (plus its own appends in
+between). Undelivered = pending + in flight + fallback in the index, plus the
+records not yet indexed (counted exactly when few, else estimated from bytes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from . import state
+from .ingest import count_unindexed
+from .segments import list_segments
+
+REFRESH_SECONDS = 0.05
+EXACT_COUNT_BYTES = 256 * 1024
+
+
+class UsageGauge:
+    """Cached (undelivered events, segment bytes) used for the max_events / max_bytes bounds."""
+
+    def __init__(self, segment_dir: str, max_events: int, max_bytes: int) -> None:
+        self.segment_dir = segment_dir
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events = 0
+        self.bytes = 0
+        self._at = float("-inf")
+        self._avg_record = 400.0
+
+    def has_room(self, record_len: int, conn: sqlite3.Connection | None, *, force: bool = False) -> bool:
+        """True when one more record of record_len bytes fits both bounds."""
+        if force or time.monotonic() - self._at > REFRESH_SECONDS:
+            self.refresh(conn)
+        return self.events < self.max_events and self.bytes + record_len <= self.max_bytes
+
+    def over_bytes(self, record_len: int) -> bool:
+        """True when the byte bound (not the event bound) is what is exceeded."""
+        return self.bytes + record_len > self.max_bytes
+
+    def added(self, record_len: int) -> None:
+        """Account for one record this handle just wrote."""
+        self.events += 1
+        self.bytes += record_len
+        self._avg_record += (record_len - self._avg_record) * 0.01
+
+    def removed(self, events: int) -> None:
+        """Account for events this handle evicted."""
+        self.events -= events
+
+    def refresh(self, conn: sqlite3.Connection | None) -> None:
+        """Re-read the shared numbers (segment sizes, index counts, unindexed records)."""
+        self._at = time.monotonic()
+        try:
+            segments = list_segments(self.segment_dir)
+        except OSError:
+            return
+        self.bytes = sum(size for _, size in segments)
+        if conn is None:
+            return
+        try:
+            cursors = dict(conn.execute("SELECT name, cursor FROM segments"))
+            counts = state.counts(conn)
+            unindexed_bytes = sum(max(0, size - cursors.get(name, 0)) for name, size in segments)
+            if unindexed_bytes <= EXACT_COUNT_BYTES:
+                unindexed = count_unindexed(conn, self.segment_dir)[0]
+            else:
+                unindexed = int(unindexed_bytes / self._avg_record)
+        except (sqlite3.Error, OSError):
+            return
+        self.events = sum(counts[s][0] for s in state.UNDELIVERED) + unindexed

@@ -1,0 +1,450 @@
+"""DiskStore: the durable multi-process event store (segments for bytes, SQLite index for state).
+
+Emitters append checksummed records to their own segment file (one write
+syscall, no shared lock); the flusher side indexes those records into SQLite
+and moves them through PENDING -> IN_FLIGHT -> DELIVERED/DEAD/FALLBACK with
+epoch fencing. See docs/design.md for the format and the guarantees.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+from ..errors import StoreError, ValidationError
+from . import state
+from .api import AppendResult, DeadLetter, Durability, FullPolicy, StoredEvent, StoreStats
+from .bounds import UsageGauge
+from .layout import prepare_directory
+from .ingest import count_unindexed, ingest
+from .reader import BodyReader
+from .records import OVERHEAD, encode_record
+from .segments import SegmentWriter, list_segments, next_ord
+from .maintenance import reclaim_space
+
+_STORED = AppendResult(True)
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
+INDEX_LOW_WATER = 20_000
+RECLAIM_INTERVAL = 5.0
+DROP_FLUSH_INTERVAL = 0.5
+
+
+class DiskStore:
+    """The durable store of aop_client; implements aop_client.store.api.Store."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        durability: Durability | str = "process",
+        max_events: int = 1_000_000,
+        max_bytes: int = 512 * 2**20,
+        full_policy: FullPolicy | str = "drop_newest",
+        block_timeout: float = 1.0,
+        retention_seconds: float = 86400.0,
+        retention_bytes: int = 256 * 2**20,
+        max_event_bytes: int = 1_000_000,
+        lease_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        segment_bytes: int = 8 * 2**20,
+    ) -> None:
+        try:
+            self.durability = Durability(durability)
+        except ValueError as e:
+            raise ValidationError(f"durability must be 'process' or 'fsync', got {durability!r}", field="durability", value=durability) from e
+        try:
+            self.full_policy = FullPolicy(full_policy)
+        except ValueError as e:
+            raise ValidationError(f"full_policy must be one of drop_newest/drop_oldest/block, got {full_policy!r}", field="full_policy", value=full_policy) from e
+        for name, value in (("max_events", max_events), ("max_bytes", max_bytes), ("max_event_bytes", max_event_bytes), ("segment_bytes", segment_bytes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{name} must be a positive int, got {value!r}", field=name, value=value)
+        for name, value in (("block_timeout", block_timeout), ("retention_seconds", retention_seconds), ("retention_bytes", retention_bytes), ("lease_timeout", lease_timeout)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValidationError(f"{name} must be >= 0, got {value!r}", field=name, value=value)
+        self.directory, self.segment_dir, self.quarantine_dir = prepare_directory(directory)
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.block_timeout = float(block_timeout)
+        self.retention_seconds = float(retention_seconds)
+        self.retention_bytes = int(retention_bytes)
+        self.max_event_bytes = max_event_bytes
+        self.lease_timeout = float(lease_timeout)
+        self._clock = clock
+        self._fsync = self.durability is Durability.FSYNC
+        self._index_path = os.path.join(self.directory, "index.sqlite3")
+        self._writer = SegmentWriter(self.segment_dir, fsync=self._fsync, max_segment_bytes=segment_bytes)
+        self._closed = False
+        self._init_process_state()
+        self._db()  # fail early (StoreError) when the index cannot be opened
+
+    def __repr__(self) -> str:
+        return f"DiskStore({self.directory!r}, durability={self.durability.value!r})"
+
+    # -- per-process state ---------------------------------------------------------------
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._drops: dict[str, int] = {}
+        self._drops_flushed_at = 0.0
+        self._last_reclaim = time.monotonic()
+        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
+        self._bodies = BodyReader(self.segment_dir)
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._writer.after_fork_in_child()
+            if self._conn is not None:
+                _ABANDONED_CONNECTIONS.append(self._conn)
+            self._bodies.abandon()
+            self._init_process_state()
+
+    def _db(self) -> sqlite3.Connection:
+        """This process's index connection (opened lazily; StoreError when impossible)."""
+        if self._closed:
+            raise StoreError(f"store {self.directory!r} is closed")
+        conn = self._conn
+        if conn is None:
+            try:
+                conn = self._conn = state.open_index(self._index_path, fsync=self._fsync)
+            except sqlite3.DatabaseError as e:
+                if not _is_corruption(e):
+                    raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
+                conn = self._conn = self._rebuild_index(e)
+            except (sqlite3.Error, OSError) as e:
+                raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
+        return conn
+
+    def _rebuild_index(self, cause: Exception) -> sqlite3.Connection:
+        """Set a damaged index aside and rebuild it from the segments (events return to pending)."""
+        stamp = f"{time.time_ns()}"
+        for suffix in ("", "-wal", "-shm"):
+            src = self._index_path + suffix
+            if os.path.exists(src):
+                os.replace(src, os.path.join(self.quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad"))
+        try:
+            return state.open_index(self._index_path, fsync=self._fsync)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
+
+    # -- emitting side --------------------------------------------------------------------
+    def append(self, event_id: str, run_id: str, seq: int, body: bytes) -> AppendResult:
+        """Durably append one serialized event; never raises for full/disk-full (see result)."""
+        if self._pid != os.getpid():
+            self._check_pid()
+        if self._closed:
+            raise StoreError(f"append to closed store {self.directory!r}")
+        if type(body) is not bytes:
+            if not isinstance(body, (bytearray, memoryview)):
+                raise ValidationError(f"body must be bytes, got {type(body).__name__}", field="body", value=type(body).__name__)
+            body = bytes(body)
+        try:
+            eid = event_id.encode()
+            rid = run_id.encode()
+        except AttributeError as e:
+            raise ValidationError(f"event_id and run_id must be str, got {event_id!r} / {run_id!r}", field="event_id", value=event_id) from e
+        if not eid or len(eid) > 1024:
+            raise ValidationError(f"event_id must be 1..1024 bytes, got {event_id!r}", field="event_id", value=event_id)
+        if len(rid) > 1024:
+            raise ValidationError(f"run_id longer than 1024 bytes: {run_id[:64]!r}...", field="run_id", value=run_id)
+        if type(seq) is not int or seq < 0 or seq >= 2**64:
+            raise ValidationError(f"seq must be an int in 0..2**64-1, got {seq!r}", field="seq", value=seq)
+        if len(body) > self.max_event_bytes:
+            return self._drop("too_large")
+        record = encode_record(eid, rid, seq, body, next_ord(), self._clock())
+        if not self._gauge.has_room(len(record), self._conn_or_none()):
+            result = self._when_full(len(record))
+            if result is not None:
+                return result
+        try:
+            self._writer.write(record)
+        except OSError as e:
+            return self._drop("disk_full" if e.errno in _DISK_FULL_ERRNOS else "io_error")
+        self._gauge.added(len(record))
+        return _STORED
+
+    def _conn_or_none(self) -> sqlite3.Connection | None:
+        try:
+            return self._db()
+        except StoreError:
+            return None
+
+    def _when_full(self, record_len: int) -> AppendResult | None:
+        """Apply the full policy; None means there is room now (go ahead and write)."""
+        conn = self._conn_or_none()
+        if conn is not None and self._gauge.over_bytes(record_len):
+            self._reclaim_locked(self._clock(), pressure=True)
+            if self._gauge.has_room(record_len, conn, force=True):
+                return None
+        if self.full_policy is FullPolicy.DROP_OLDEST and conn is not None:
+            if self._evict_oldest(conn):
+                self._gauge.removed(1)
+                return None
+        elif self.full_policy is FullPolicy.BLOCK:
+            deadline = time.monotonic() + self.block_timeout
+            while time.monotonic() < deadline:
+                time.sleep(0.005)
+                if self._gauge.has_room(record_len, self._conn_or_none(), force=True):
+                    return None
+        return self._drop("full")
+
+    def _evict_oldest(self, conn: sqlite3.Connection) -> bool:
+        """Delete the oldest pending event to make room; counted under dropped['evicted']."""
+        with self._lock:
+            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, target_pending=1)
+            with state.Txn(conn):
+                row = conn.execute(
+                    "SELECT id, seg, state, body_len FROM events WHERE state = 0 ORDER BY ord LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return False
+                state.delete_events(conn, [row])
+                state.add_dropped(conn, {"evicted": 1})
+        return True
+
+    def _drop(self, reason: str) -> AppendResult:
+        """Count a refused event (flushed to the shared index at most every 0.5 s)."""
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        if time.monotonic() - self._drops_flushed_at > DROP_FLUSH_INTERVAL:
+            self._flush_drops()
+        return AppendResult(False, reason)
+
+    def _flush_drops(self) -> None:
+        self._drops_flushed_at = time.monotonic()
+        if not self._drops:
+            return
+        try:
+            conn = self._db()
+            with self._lock, state.Txn(conn):
+                state.add_dropped(conn, self._drops)
+            self._drops = {}
+        except (StoreError, sqlite3.Error):
+            pass  # disk full or read-only: keep counting in memory
+
+    @property
+    def _max_payload(self) -> int:
+        return self.max_event_bytes + OVERHEAD + 2048
+
+    # -- flusher side ---------------------------------------------------------------------
+    def begin_epoch(self) -> int:
+        """Start a new fencing epoch (call after winning the election); returns it."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock, state.Txn(conn):
+            epoch = state.meta_value(conn, "epoch") + 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+            ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
+            state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+        return epoch
+
+    def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
+        """Take up to max_events/max_bytes pending events, oldest first, seq order within a run."""
+        self._check_pid()
+        if max_events < 1:
+            return []
+        conn = self._db()
+        now = self._clock()
+        with self._lock:
+            if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 4 * max_events):
+                ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload,
+                       target_pending=max(INDEX_LOW_WATER, 4 * max_events))
+            with state.Txn(conn):
+                if epoch is not None:
+                    state.check_epoch(conn, epoch, "lease")
+                expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
+                state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+                rows = conn.execute(
+                    f"SELECT {state.EVENT_COLUMNS} FROM events WHERE state = 0 ORDER BY ord LIMIT ?", (max_events,)
+                ).fetchall()
+                picked, total = [], 0
+                for row in rows:
+                    if picked and total + row[8] > max_bytes:
+                        break
+                    picked.append(row)
+                    total += row[8]
+                state.move(conn, [r[0] for r in picked], (state.PENDING,), state.IN_FLIGHT, ", lease_until = ?", (now + self.lease_timeout,))
+            return self._materialize(conn, picked)
+
+    def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
+        """Read and verify bodies; damaged records are quarantined and left out."""
+        out, damaged = [], []
+        for row in rows:
+            body = self._bodies.read(conn, row)
+            if body is None:
+                damaged.append((row[0], row[1], row[10], row[8]))
+            else:
+                out.append(StoredEvent(row[0], row[4], row[5], row[6], body, row[7]))
+        if damaged:
+            with state.Txn(conn):
+                state.delete_events(conn, damaged)
+                state.add_counter(conn, "quarantined", len(damaged))
+        return out
+
+    def _fenced_move(self, refs: Iterable[object], epoch: int, action: str, from_states: tuple, to_state: int, extra: str = "", params: tuple = ()) -> int:
+        self._check_pid()
+        ids = [int(r) for r in refs]  # type: ignore[call-overload]
+        conn = self._db()
+        with self._lock, state.Txn(conn):
+            state.check_epoch(conn, epoch, action)
+            return state.move(conn, ids, from_states, to_state, extra, params)
+
+    def ack(self, refs: Iterable[object], *, epoch: int) -> None:
+        """Mark leased events delivered (2xx seen); they are retained for replay, then reclaimed."""
+        self._fenced_move(refs, epoch, "ack", (state.IN_FLIGHT, state.PENDING), state.DELIVERED, ", done_at = ?, lease_until = NULL", (self._clock(),))
+        if time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
+            self.reclaim()
+
+    def release(self, refs: Iterable[object], *, epoch: int, attempted: bool = True) -> None:
+        """Give leased events back to pending (a failed attempt, counted when attempted)."""
+        self._fenced_move(refs, epoch, "release", (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL, attempts = attempts + ?", (1 if attempted else 0,))
+
+    def dead_letter(self, refs: Iterable[object], reason: str, *, epoch: int) -> None:
+        """Move leased events to dead letters with a reason."""
+        self._fenced_move(refs, epoch, "dead_letter", (state.IN_FLIGHT, state.PENDING, state.FALLBACK), state.DEAD, ", lease_until = NULL, reason = ?, done_at = ?", (str(reason), self._clock()))
+
+    def fallback(self, refs: Iterable[object], *, epoch: int) -> None:
+        """Park leased events that exhausted max_retries; they are retried by retry_fallback()."""
+        self._fenced_move(refs, epoch, "fallback", (state.IN_FLIGHT,), state.FALLBACK, ", lease_until = NULL")
+
+    def retry_fallback(self) -> int:
+        """Return every fallback event to pending; returns how many."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock, state.Txn(conn):
+            ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 4")]
+            return state.move(conn, ids, (state.FALLBACK,), state.PENDING)
+
+    # -- inspection and maintenance ----------------------------------------------------------
+    def iter_run(self, run_id: str, *, include_delivered: bool = True) -> Iterator[StoredEvent]:
+        """Every stored event of one run in seq order (pending, in flight, fallback, delivered)."""
+        self._check_pid()
+        conn = self._db()
+        wanted = (*state.UNDELIVERED, state.DELIVERED) if include_delivered else state.UNDELIVERED
+        with self._lock:
+            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
+            rows = conn.execute(
+                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_id = ? AND state IN ({','.join('?' * len(wanted))})"
+                " ORDER BY seq, ord",
+                (run_id, *wanted),
+            ).fetchall()
+            events = self._materialize(conn, rows)
+        return iter(events)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter currently kept."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock:
+            rows = conn.execute(f"SELECT {state.EVENT_COLUMNS} FROM events WHERE state = 3 ORDER BY ord").fetchall()
+            by_id = {r[0]: r for r in rows}
+            return [
+                DeadLetter(e.ref, e.event_id, e.run_id, e.seq, e.body, by_id[e.ref][12] or "", by_id[e.ref][11] or 0.0)
+                for e in self._materialize(conn, rows)
+            ]
+
+    def _dead_rows(self, conn: sqlite3.Connection, event_ids: Sequence[str] | None) -> list:
+        rows = conn.execute("SELECT id, seg, state, body_len, event_id FROM events WHERE state = 3").fetchall()
+        if event_ids is not None:
+            keep = set(event_ids)
+            rows = [r for r in rows if r[4] in keep]
+        return rows
+
+    def retry_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
+        """Return dead letters (all, or the named ones) to pending; returns how many."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock, state.Txn(conn):
+            ids = [r[0] for r in self._dead_rows(conn, event_ids)]
+            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL")
+
+    def purge_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters for good (all, or the named ones); returns how many."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock, state.Txn(conn):
+            return state.delete_events(conn, [r[:4] for r in self._dead_rows(conn, event_ids)])
+
+    def reclaim(self, now: float | None = None) -> int:
+        """Drop delivered events past retention and free space; returns events reclaimed."""
+        self._check_pid()
+        return self._reclaim_locked(self._clock() if now is None else now, pressure=False)
+
+    def _reclaim_locked(self, now: float, *, pressure: bool) -> int:
+        self._last_reclaim = time.monotonic()
+        conn = self._db()
+        with self._lock:
+            self._bodies.close()
+            return reclaim_space(
+                conn, self.segment_dir, now=now, retention_seconds=self.retention_seconds,
+                retention_bytes=0 if pressure else self.retention_bytes,
+            )
+
+    def stats(self, now: float | None = None) -> StoreStats:
+        """Host-wide counters; see StoreStats."""
+        self._check_pid()
+        now = self._clock() if now is None else now
+        self._flush_drops()
+        conn = self._db()
+        with self._lock:
+            counts = state.counts(conn)
+            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir)
+            row = conn.execute("SELECT appended_at FROM events WHERE state = 0 ORDER BY ord LIMIT 1").fetchone()
+            dropped = state.dropped(conn)
+            quarantined = state.meta_value(conn, "quarantined")
+        for reason, n in self._drops.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        oldest = [t for t in (row[0] if row else None, unindexed_oldest) if t is not None]
+        return StoreStats(
+            pending=counts[state.PENDING][0] + unindexed,
+            in_flight=counts[state.IN_FLIGHT][0],
+            delivered_retained=counts[state.DELIVERED][0],
+            dead_letters=counts[state.DEAD][0],
+            fallback=counts[state.FALLBACK][0],
+            dropped=dropped,
+            quarantined=quarantined,
+            bytes_on_disk=_tree_bytes(self.directory),
+            oldest_pending_age=max(0.0, now - min(oldest)) if oldest else None,
+        )
+
+    def close(self) -> None:
+        """Release file handles; safe to call twice."""
+        if self._closed:
+            return
+        if self._pid == os.getpid():
+            self._flush_drops()
+            self._writer.close()
+            self._bodies.close()
+            if self._conn is not None:
+                self._conn.close()
+        self._conn = None
+        self._closed = True
+
+    def __enter__(self) -> "DiskStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_corruption(error: sqlite3.Error) -> bool:
+    """True for SQLite errors that mean the index file is damaged (not busy/locked/read-only)."""
+    text = str(error).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _tree_bytes(directory: str) -> int:
+    """Total size of regular files under the store directory."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total

@@ -1,0 +1,178 @@
+"""Indexing: read new records from segment files into the SQLite index, quarantining damage.
+
+One pass reads at most ``chunk`` bytes past each segment's cursor, merges the
+records of all segments by their append order key (only up to the smallest
+key any partially-read segment reached, so a later chunk can never hold an
+older record), inserts them as PENDING and advances the cursors, all in one
+transaction. Damaged byte ranges are counted in ``meta.quarantined`` and
+copied to ``quarantine/``. An incomplete tail is left alone while its writer
+holds the segment (a record in progress) and quarantined once it is sealed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from . import state
+from .records import HEADER, HEADER_SIZE, Damage, Record, decode_run
+from .segments import is_sealed, list_segments, read_at
+
+DEFAULT_CHUNK = 1 << 20
+QUARANTINE_COPY_LIMIT = 1 << 20
+
+
+def save_quarantined(quarantine_dir: str, segment: str, offset: int, data: bytes) -> None:
+    """Best-effort copy of damaged bytes for forensics (0600; failures ignored)."""
+    try:
+        path = os.path.join(quarantine_dir, f"{segment}.{offset}.bad")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data[:QUARANTINE_COPY_LIMIT])
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_chunk(path: str, cursor: int, size: int, chunk: int, max_payload: int):
+    """Read and decode from cursor; grows the read once when a single record exceeds chunk."""
+    buf = read_at(path, cursor, min(chunk, size - cursor))
+    res = decode_run(buf, cursor, max_payload)
+    if not res.items and res.incomplete and len(buf) >= HEADER_SIZE and cursor + len(buf) < size:
+        length = HEADER.unpack_from(buf, 0)[1]
+        if length <= max_payload:
+            buf = read_at(path, cursor, min(HEADER_SIZE + length, size - cursor))
+            res = decode_run(buf, cursor, max_payload)
+    return buf, res
+
+
+def ingest_pass(
+    conn: sqlite3.Connection,
+    segment_dir: str,
+    quarantine_dir: str,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    max_payload: int,
+) -> tuple[int, bool]:
+    """Index one chunk of every segment; returns (records added, whether more data is waiting)."""
+    with state.Txn(conn):
+        known = {name: (sid, cursor) for sid, name, cursor in conn.execute("SELECT id, name, cursor FROM segments")}
+        reads = []
+        for name, size in list_segments(segment_dir):
+            if name not in known:
+                sid = conn.execute("INSERT INTO segments(name) VALUES (?)", (name,)).lastrowid
+                known[name] = (sid, 0)
+            sid, cursor = known[name]
+            if size <= cursor:
+                continue
+            path = os.path.join(segment_dir, name)
+            try:
+                buf, res = _read_chunk(path, cursor, size, chunk, max_payload)
+            except FileNotFoundError:
+                continue
+            reads.append((sid, name, path, cursor, size, buf, res, cursor + len(buf) >= size))
+        partial_ords = [
+            max((i.ord_ns for i in res.items if type(i) is Record), default=None)
+            for (_, _, _, _, _, _, res, at_eof) in reads
+            if not at_eof
+        ]
+        partial_ords = [o for o in partial_ords if o is not None]
+        watermark = min(partial_ords) if partial_ords else None
+        taken: list[tuple[int, int, Record]] = []
+        more = False
+        quarantined = 0
+        cursors = []
+        for sid, name, path, cursor, size, buf, res, at_eof in reads:
+            new_cursor = cursor
+            stopped = False
+            for item in res.items:
+                if type(item) is Record:
+                    if watermark is not None and item.ord_ns > watermark:
+                        stopped = True
+                        break
+                    taken.append((item.ord_ns, sid, item))
+                    new_cursor = item.offset + item.length
+                else:
+                    quarantined += 1
+                    save_quarantined(quarantine_dir, name, item.offset, buf[item.offset - cursor : item.end - cursor])
+                    new_cursor = item.end
+            if not stopped and at_eof and res.incomplete and new_cursor < size and is_sealed(path):
+                tail = read_at(path, new_cursor, size - new_cursor)
+                quarantined += 1
+                save_quarantined(quarantine_dir, name, new_cursor, tail)
+                new_cursor = size
+            if stopped or not at_eof:
+                more = True
+            if new_cursor != cursor:
+                cursors.append((new_cursor, sid))
+        taken.sort(key=lambda t: (t[0], t[1], t[2].offset))
+        if taken:
+            conn.executemany(
+                "INSERT INTO events(ord, seg, off, len, body_len, event_id, run_id, seq, appended_at, state)"
+                " VALUES (?,?,?,?,?,?,?,?,?,0)",
+                [
+                    (r.ord_ns, sid, r.offset, r.length, r.body_len, r.event_id, r.run_id, r.seq, r.appended_at)
+                    for _, sid, r in taken
+                ],
+            )
+            per_seg: dict[int, int] = {}
+            for _, sid, _r in taken:
+                per_seg[sid] = per_seg.get(sid, 0) + 1
+            conn.executemany("UPDATE segments SET live = live + ? WHERE id = ?", [(n, s) for s, n in per_seg.items()])
+            state.bump_counts(conn, {state.PENDING: (len(taken), sum(t[2].body_len for t in taken))})
+        if cursors:
+            conn.executemany("UPDATE segments SET cursor = ? WHERE id = ?", cursors)
+        if quarantined:
+            state.add_counter(conn, "quarantined", quarantined)
+        return len(taken), more and bool(cursors)
+
+
+def ingest(
+    conn: sqlite3.Connection,
+    segment_dir: str,
+    quarantine_dir: str,
+    *,
+    max_payload: int,
+    target_pending: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> int:
+    """Index new records until the index holds target_pending pending events (None: everything)."""
+    total = 0
+    while True:
+        added, more = ingest_pass(conn, segment_dir, quarantine_dir, chunk=chunk, max_payload=max_payload)
+        total += added
+        if not more:
+            return total
+        if target_pending is not None and state.counts(conn)[state.PENDING][0] >= target_pending:
+            return total
+
+
+def count_unindexed(conn: sqlite3.Connection, segment_dir: str) -> tuple[int, int, float | None]:
+    """(records, bytes, oldest appended_at) in segments past their cursors; read-only header walk."""
+    cursors = dict(conn.execute("SELECT name, cursor FROM segments"))
+    records = 0
+    nbytes = 0
+    oldest: float | None = None
+    for name, size in list_segments(segment_dir):
+        cursor = cursors.get(name, 0)
+        if size <= cursor:
+            continue
+        nbytes += size - cursor
+        path = os.path.join(segment_dir, name)
+        pos = cursor
+        while pos < size:
+            try:
+                buf = read_at(path, pos, min(DEFAULT_CHUNK, size - pos))
+            except FileNotFoundError:
+                break
+            res = decode_run(buf, pos)
+            for item in res.items:
+                if type(item) is Record:
+                    records += 1
+                    if oldest is None or item.appended_at < oldest:
+                        oldest = item.appended_at
+            if res.consumed == 0:
+                break
+            pos += res.consumed
+    return records, nbytes, oldest

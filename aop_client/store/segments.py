@@ -1,0 +1,206 @@
+"""Per-process append-only segment files: the writer (hot path) and the reader helpers.
+
+Each process (and each store handle in it) appends to its own segment file,
+created with O_EXCL|O_APPEND, mode 0600, and held under an exclusive flock for
+as long as the writer may append to it. A segment whose flock can be taken is
+*sealed*: no live writer will ever add to it again (writers never reopen a
+segment), so an incomplete tail in it is a torn write to quarantine, not a
+record in progress. One ``os.write`` per record; in fsync mode a group commit
+lets one thread's ``fdatasync`` cover every record written before it started.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import threading
+import time
+
+SEGMENT_SUFFIX = ".seg"
+_last_ord = 0
+_ord_lock = threading.Lock()
+
+
+def next_ord() -> int:
+    """A host-wide append order key: wall-clock ns, strictly increasing within this process."""
+    global _last_ord
+    now = time.time_ns()
+    with _ord_lock:
+        if now <= _last_ord:
+            now = _last_ord + 1
+        _last_ord = now
+    return now
+
+
+def fsync_directory(path: str) -> None:
+    """fsync a directory so a file created or removed in it survives power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Appends framed records to this process's own segment; rotates by size; fork-aware."""
+
+    def __init__(self, segment_dir: str, *, fsync: bool, max_segment_bytes: int) -> None:
+        self.segment_dir = segment_dir
+        self.fsync = fsync
+        self.max_segment_bytes = max_segment_bytes
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._sync_cond = threading.Condition(threading.Lock())
+        self._fd: int | None = None
+        self._retired: list[int] = []
+        self._size = 0
+        self._written = 0
+        self._synced = 0
+        self._syncing = False
+        self.name: str | None = None
+
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's segment (close our copy of its fd) and start fresh on next write."""
+        for fd in [self._fd, *self._retired]:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._reset()
+
+    def _open_new(self) -> None:
+        """Create and lock a fresh segment (caller holds self._lock)."""
+        name = f"{next_ord():020d}-{os.getpid()}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
+        path = os.path.join(self.segment_dir, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.fsync:
+                fsync_directory(self.segment_dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            if self.fsync:
+                os.fdatasync(self._fd)
+                self._synced = self._written
+            self._retired.append(self._fd)
+            while len(self._retired) > 2:
+                os.close(self._retired.pop(0))
+        self._fd = fd
+        self._size = 0
+        self.name = name
+
+    def write(self, record: bytes) -> None:
+        """Append one record; raises OSError (e.g. ENOSPC) with nothing partial left behind."""
+        if self._pid != os.getpid():
+            self.after_fork_in_child()
+        with self._lock:
+            if self._fd is None or self._size >= self.max_segment_bytes:
+                self._open_new()
+            fd = self._fd
+            try:
+                n = os.write(fd, record)
+            except OSError:
+                self._truncate_to_known_size()
+                raise
+            if n != len(record):
+                self._truncate_to_known_size()
+                raise OSError(errno.ENOSPC, f"short write to segment {self.name}: {n} of {len(record)} bytes")
+            self._size += n
+            self._written += 1
+            ticket = self._written
+        if self.fsync:
+            self._group_commit(ticket)
+
+    def _truncate_to_known_size(self) -> None:
+        """Remove a partial record after a failed write (caller holds self._lock)."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            # Cannot repair this segment: abandon it; the reader quarantines its torn tail.
+            self._retired.append(self._fd)
+            self._fd = None
+
+    def _group_commit(self, ticket: int) -> None:
+        """Wait until an fdatasync that started after our write has completed (one per group)."""
+        cond = self._sync_cond
+        with cond:
+            while self._synced < ticket:
+                if self._syncing:
+                    cond.wait()
+                    continue
+                self._syncing = True
+                target = self._written
+                fd = self._fd
+                cond.release()
+                try:
+                    if fd is not None:
+                        os.fdatasync(fd)
+                finally:
+                    cond.acquire()
+                    self._syncing = False
+                    cond.notify_all()
+                self._synced = max(self._synced, target)
+
+    def close(self) -> None:
+        """Close the segment (which seals it); safe to call twice."""
+        if self._pid != os.getpid():
+            self.after_fork_in_child()
+            return
+        with self._lock:
+            for fd in [self._fd, *self._retired]:
+                if fd is not None:
+                    try:
+                        if self.fsync:
+                            os.fdatasync(fd)
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._fd = None
+            self._retired = []
+
+
+def list_segments(segment_dir: str) -> list[tuple[str, int]]:
+    """(name, size) of every segment file, oldest first (names sort by creation time)."""
+    out = []
+    with os.scandir(segment_dir) as it:
+        for entry in it:
+            if entry.name.endswith(SEGMENT_SUFFIX):
+                try:
+                    out.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                except FileNotFoundError:
+                    continue
+    out.sort()
+    return out
+
+
+def is_sealed(path: str) -> bool:
+    """True when no writer holds the segment's flock (it will never grow again)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops our probe lock
+    return True
+
+
+def read_at(path: str, offset: int, length: int) -> bytes:
+    """Read up to length bytes of a segment at offset."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)

@@ -1,0 +1,177 @@
+"""The store's index: event states, segment cursors, fencing epoch and counters, in SQLite (WAL).
+
+Segments hold the bytes; this index holds everything that changes after an
+append: which records have been read from which segment (``segments.cursor``),
+each event's state (pending, in flight, delivered, dead, fallback), attempts,
+leases, the fencing epoch and host-wide counters. Every mutation is one
+``BEGIN IMMEDIATE`` transaction, so any process may call any method; the
+fencing check and the change it guards are in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Iterable, Sequence
+
+from ..errors import FencedError
+
+PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
+UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0, live INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ord INTEGER NOT NULL, seg INTEGER NOT NULL,
+    off INTEGER NOT NULL, len INTEGER NOT NULL, body_len INTEGER NOT NULL,
+    event_id TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, appended_at REAL NOT NULL,
+    state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease_until REAL,
+    done_at REAL, reason TEXT);
+CREATE INDEX IF NOT EXISTS events_state_ord ON events(state, ord);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+CREATE INDEX IF NOT EXISTS events_delivered ON events(done_at) WHERE state = 2;
+CREATE TABLE IF NOT EXISTS counts(state INTEGER PRIMARY KEY, n INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dropped(reason TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+EVENT_COLUMNS = "id, seg, off, len, event_id, run_id, seq, attempts, body_len, appended_at, state, done_at, reason"
+_IDS = "SELECT value FROM json_each(?)"
+
+
+def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
+    """Open (creating 0600) the index database in WAL mode with the schema in place."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+    conn.execute("PRAGMA cache_size=-8000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        with Txn(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', 0), ('quarantined', 0)")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO counts VALUES (?, 0, 0)",
+                    [(s,) for s in (PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK)],
+                )
+                conn.execute("PRAGMA user_version=1")
+    return conn
+
+
+class Txn:
+    """A BEGIN IMMEDIATE ... COMMIT block (rolled back on error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def check_epoch(conn: sqlite3.Connection, epoch: int, action: str) -> None:
+    """Raise FencedError unless epoch is the current one (call inside the transaction)."""
+    current = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
+    if epoch != current:
+        raise FencedError(f"{action} refused: flusher epoch {epoch} is stale (store epoch is {current})")
+
+
+def bump_counts(conn: sqlite3.Connection, deltas: dict[int, tuple[int, int]]) -> None:
+    """Apply (count, bytes) deltas per state to the counts table."""
+    rows = [(n, b, s) for s, (n, b) in deltas.items() if n or b]
+    if rows:
+        conn.executemany("UPDATE counts SET n = n + ?, bytes = bytes + ? WHERE state = ?", rows)
+
+
+def counts(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """state -> (events, body bytes)."""
+    return {s: (n, b) for s, n, b in conn.execute("SELECT state, n, bytes FROM counts")}
+
+
+def move(
+    conn: sqlite3.Connection,
+    ids: Sequence[int],
+    from_states: Iterable[int],
+    to_state: int,
+    extra: str = "",
+    params: tuple = (),
+) -> int:
+    """Move the given events that are in from_states to to_state; returns how many moved."""
+    ids_json = json.dumps(list(ids))
+    states = tuple(from_states)
+    marks = ",".join("?" * len(states))
+    where = f"id IN ({_IDS}) AND state IN ({marks})"
+    moved = conn.execute(
+        f"SELECT state, COUNT(*), TOTAL(body_len) FROM events WHERE {where} GROUP BY state",
+        (ids_json, *states),
+    ).fetchall()
+    if not moved:
+        return 0
+    conn.execute(f"UPDATE events SET state = ?{extra} WHERE {where}", (to_state, *params, ids_json, *states))
+    deltas: dict[int, list[int]] = {to_state: [0, 0]}
+    total = 0
+    for state, n, nbytes in moved:
+        d = deltas.setdefault(state, [0, 0])
+        d[0] -= n
+        d[1] -= int(nbytes)
+        deltas[to_state][0] += n
+        deltas[to_state][1] += int(nbytes)
+        total += n
+    bump_counts(conn, {s: (n, b) for s, (n, b) in deltas.items()})
+    return total
+
+
+def delete_events(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int]]) -> int:
+    """Delete events given as (id, seg, state, body_len); keeps counts and segment live totals."""
+    if not rows:
+        return 0
+    conn.execute(f"DELETE FROM events WHERE id IN ({_IDS})", (json.dumps([r[0] for r in rows]),))
+    per_seg: dict[int, int] = {}
+    deltas: dict[int, list[int]] = {}
+    for _id, seg, state, body_len in rows:
+        per_seg[seg] = per_seg.get(seg, 0) + 1
+        d = deltas.setdefault(state, [0, 0])
+        d[0] -= 1
+        d[1] -= body_len
+    conn.executemany("UPDATE segments SET live = live - ? WHERE id = ?", [(n, s) for s, n in per_seg.items()])
+    bump_counts(conn, {s: (n, b) for s, (n, b) in deltas.items()})
+    return len(rows)
+
+
+def add_counter(conn: sqlite3.Connection, key: str, n: int) -> None:
+    """Add n to a meta counter (e.g. 'quarantined')."""
+    conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?", (key, n, n))
+
+
+def add_dropped(conn: sqlite3.Connection, by_reason: dict[str, int]) -> None:
+    """Add per-reason drop counts."""
+    conn.executemany(
+        "INSERT INTO dropped VALUES (?, ?) ON CONFLICT(reason) DO UPDATE SET n = n + excluded.n",
+        list(by_reason.items()),
+    )
+
+
+def meta_value(conn: sqlite3.Connection, key: str) -> int:
+    """Read a meta counter (0 when absent)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def dropped(conn: sqlite3.Connection) -> dict[str, int]:
+    """reason -> events dropped, host-wide."""
+    return dict(conn.execute("SELECT reason, n FROM dropped"))
