@@ -27,6 +27,7 @@ it changes nothing that is sent. A hook that raises is logged and counted.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import re
@@ -91,6 +92,10 @@ class Flusher:
         self.clock = clock
         self.on_error = on_error
         self.election_poll = max(0.01, float(election_poll))
+        try:  # DiskStore.lease also fences (an additive keyword beyond the Store protocol)
+            self._lease_fenced = "epoch" in inspect.signature(store.lease).parameters
+        except (TypeError, ValueError):
+            self._lease_fenced = False
         self._epoch: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -253,7 +258,7 @@ class Flusher:
             room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
             fresh: list[StoredEvent] = []
             if room > 0 and (room_bytes > 0 or not held):
-                fresh = self.store.lease(room, max(1, room_bytes))
+                fresh = self._lease(room, max(1, room_bytes))
             if fresh:
                 held.extend(fresh)
                 held_bytes += sum(len(e.body) for e in fresh)
@@ -351,6 +356,11 @@ class Flusher:
             self._count("paused_answers" if step.paused else "retried")
             self._paused = self._paused or step.paused
             self._note_error(f"batch {attempt.batch_id}: {step.reason}; next attempt in {step.delay:.2f} s")
+
+    def _lease(self, max_events: int, max_bytes: int) -> list[StoredEvent]:
+        if self._lease_fenced and self._epoch is not None:
+            return self.store.lease(max_events, max_bytes, epoch=self._epoch)  # type: ignore[call-arg]
+        return self.store.lease(max_events, max_bytes)
 
     def _release(self, events: Sequence[StoredEvent], *, attempted: bool) -> None:
         if events and self._epoch is not None:
