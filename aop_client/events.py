@@ -44,6 +44,7 @@ and ``field`` name the path (e.g. ``payload.steps[0].confidence``) and value.
 from __future__ import annotations
 
 import calendar
+import json
 import math
 import re
 import time
@@ -57,27 +58,10 @@ import orjson
 from .errors import ValidationError
 
 __all__ = [
-    "EVENT_TYPES",
-    "UNCERTAINTY_LEVELS",
-    "ENVELOPE_FIELDS",
-    "DEFAULT_MAX_EVENT_BYTES",
-    "MAX_JSON_DEPTH",
-    "MAX_SAFE_INTEGER",
-    "ELLIPSIS_PLACEHOLDER",
-    "new_event_id",
-    "new_run_id",
-    "format_timestamp",
-    "parse_timestamp",
-    "make_event",
-    "is_uuid",
-    "validate_envelope",
-    "check_json_value",
-    "copy_json_value",
-    "check_confidence",
-    "check_uncertainty",
-    "validate_payload",
-    "validate_event",
-    "validate_imported_event",
+    "EVENT_TYPES", "UNCERTAINTY_LEVELS", "ENVELOPE_FIELDS", "DEFAULT_MAX_EVENT_BYTES", "MAX_JSON_DEPTH",
+    "MAX_SAFE_INTEGER", "ELLIPSIS_PLACEHOLDER", "new_event_id", "new_run_id", "format_timestamp",
+    "parse_timestamp", "make_event", "is_uuid", "validate_envelope", "check_json_value", "copy_json_value",
+    "check_confidence", "check_uncertainty", "validate_payload", "validate_event", "validate_imported_event",
 ]
 
 EVENT_TYPES: frozenset[str] = frozenset(
@@ -249,7 +233,18 @@ class _BadValue(Exception):
 
 
 def _key_segment(key: str) -> str:
-    return "." + key if _SIMPLE_KEY_RE.fullmatch(key) else "[" + orjson.dumps(key).decode() + "]"
+    return "." + key if _SIMPLE_KEY_RE.fullmatch(key) else "[" + json.dumps(key) + "]"
+
+
+def _check_key(key: Any) -> None:
+    if type(key) is str and key.isascii():
+        return
+    if not isinstance(key, str):
+        raise _BadValue("object keys must be strings", key)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _BadValue(f"object key is not valid Unicode ({e.reason})", key) from None
 
 
 def _check_scalar(value: Any, int_limit: float = MAX_SAFE_INTEGER) -> bool:
@@ -285,8 +280,7 @@ def _walk(value: Any, depth: int, int_limit: float) -> None:
         raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
     if isinstance(value, dict):
         for key in value:
-            if type(key) is not str and not isinstance(key, str):
-                raise _BadValue("object keys must be strings", key)
+            _check_key(key)
         pairs: Any = value.items()
     elif isinstance(value, (list, tuple)):
         pairs = enumerate(value)
@@ -313,33 +307,30 @@ def _walk(value: Any, depth: int, int_limit: float) -> None:
 
 
 def _copy(value: Any, depth: int, placeholders: bool) -> Any:
+    """Validate like _walk and return a deep copy (tuples become lists, ``...`` maybe a placeholder)."""
     if _check_scalar(value):
         return value
     if depth > MAX_JSON_DEPTH:
         raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
     if isinstance(value, dict):
-        result = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _BadValue("object keys must be strings", key)
-            try:
-                result[key] = _copy(item, depth + 1, placeholders)
-            except _BadValue as bad:
-                bad.segments.append(_key_segment(key))
-                raise
-        return result
-    if isinstance(value, (list, tuple)):
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(_copy(item, depth + 1, placeholders))
-            except _BadValue as bad:
-                bad.segments.append(f"[{index}]")
-                raise
-        return items
-    if value is Ellipsis and placeholders:
+        result: Any = {}
+        pairs: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        result = [None] * len(value)
+        pairs = enumerate(value)
+    elif value is Ellipsis and placeholders:
         return ELLIPSIS_PLACEHOLDER
-    raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
+    else:
+        raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
+    for key, item in pairs:
+        if type(result) is dict:
+            _check_key(key)
+        try:
+            result[key] = _copy(item, depth + 1, placeholders)
+        except _BadValue as bad:
+            bad.segments.append(f"[{key}]" if type(result) is list else _key_segment(key))
+            raise
+    return result
 
 
 def _to_validation_error(bad: _BadValue, path: str) -> ValidationError:

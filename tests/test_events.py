@@ -179,6 +179,7 @@ BAD_VALUES = [
     (object(), "object"),
     ("\ud800", "Unicode"),
     ({1: "x"}, "keys must be strings"),
+    ({"\udc80": 1}, "key is not valid Unicode"),
 ]
 
 
