@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -41,6 +41,7 @@ import orjson
 
 from .core.backoff import RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
+from .core.fallback_doc import fallback_document, fallback_file_name, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
 from .errors import FencedError
@@ -51,7 +52,6 @@ __all__ = ["Flusher"]
 
 log = logging.getLogger("aop_client.flusher")
 
-_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _POLL = 0.25  # longest wait between store polls while elected and idle
 _ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
@@ -374,23 +374,25 @@ class Flusher:
     # ------------------------------------------------------------ side effects
 
     def _write_fallback_files(self, events: Sequence[StoredEvent], attempt: BatchAttempt, reason: str) -> None:
-        from .replay import build_trace_document, write_trace_file
-
-        runs: dict[str, list[dict]] = defaultdict(list)
+        runs: dict[str, list[StoredEvent]] = defaultdict(list)
         for event in events:
-            runs[event.run_id].append(orjson.loads(event.body))
-        for run_id, docs in runs.items():
-            if not _SAFE_RUN_ID.match(run_id):
+            runs[event.run_id].append(event)
+        for run_id, parked in runs.items():
+            if not is_file_name_safe(run_id):
                 self._note_error(f"fallback file skipped: run_id {run_id[:40]!r} is not file-name safe")
                 continue
-            metadata = {"agent_id": docs[0].get("agent_id"), "reason": "max_retries", "batch_id": attempt.batch_id,
-                        "attempts": attempt.failures + 1, "last_error": reason}
             try:
-                write_trace_file(self.fallback_dir, "fallback",
-                                 build_trace_document(run_id, docs, metadata, now=self.clock()))
+                agent_id = orjson.loads(parked[0].body).get("agent_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                agent_id = None
+            metadata = {"agent_id": agent_id, "reason": "max_retries", "batch_id": attempt.batch_id,
+                        "attempts": attempt.failures + 1, "last_error": reason}
+            data = fallback_document(run_id, [(e.seq, e.body) for e in parked], metadata, now=self.clock())
+            try:
+                _write_private_file(str(self.fallback_dir), run_id, data, self.clock())
                 self._count("fallback_files")
-            except Exception as e:  # the events are still safe in the store
-                self._note_error(f"fallback file not written: {type(e).__name__}: {e}", e)
+            except OSError as e:  # the events are still safe in the store
+                self._note_error(f"fallback file not written in {self.fallback_dir!r}: {e.strerror or e}", e)
 
     def _run_pre_hooks(self, batch: Sequence[StoredEvent]) -> None:
         hook = self.pre_send_hook
@@ -434,3 +436,28 @@ class Flusher:
                     self.on_error(exc)
                 except Exception:
                     log.exception("aop_client flusher on_error callback raised")
+
+
+def _write_private_file(directory: str, run_id: str, data: bytes, now: float) -> str:
+    """Write ``data`` atomically as a new fallback file (0600, in a 0700 folder); never overwrite one."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = os.path.join(directory, f".fallback-{os.getpid()}-{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        for counter in range(1000):
+            final = os.path.join(directory, fallback_file_name(run_id, now, counter))
+            try:
+                os.link(tmp, final)  # fails when the name exists: never overwrite another file
+                return final
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free fallback file name for run {run_id} in {directory!r}")
+    finally:
+        os.unlink(tmp)
