@@ -206,10 +206,16 @@ def _int_within_double_range(text: str) -> int | float:
 
 
 def decode_toon_value(
-    text: str | bytes, *, strict: bool = True, indent_size: int = 2, _number_policy: bool = False
+    text: str | bytes, *, strict: bool = True, indent_size: int = 2, exact_doubles_only: bool = False
 ) -> Any:
-    """Decode a TOON document into a JSON value; raise ToonParseError (with line) on any failure."""
-    hooks = {"parse_int": _int_within_double_range} if _number_policy else {}
+    """Decode a TOON document into a JSON value; raise ToonParseError (with line) on any failure.
+
+    ``exact_doubles_only=True`` applies the event number policy: integers beyond
+    +-2**53 become floats when exactly representable, otherwise are refused.
+    The broad ``except`` is deliberate: this is the boundary to a foreign
+    decoder, and any failure inside it means the input was not acceptable.
+    """
+    hooks = {"parse_int": _int_within_double_range} if exact_doubles_only else {}
     try:
         return toon_format.decode(text, strict=strict, indent_size=indent_size, **hooks)
     except toon_format.ToonDecodeError as e:
@@ -329,7 +335,7 @@ def parse_toon(text: str | bytes, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BY
     if source_format == "json":
         value = _decode_json(text)
     else:
-        value = decode_toon_value(text, indent_size=_detect_indent(text), _number_policy=True)
+        value = decode_toon_value(text, indent_size=_detect_indent(text), exact_doubles_only=True)
     return _events_from(value, source_format, max_event_bytes)
 
 
