@@ -1,0 +1,291 @@
+"""The reference collector's aiohttp application: routes of protocol v1 sections 2 and 3, plus test helpers.
+
+Routes:
+
+* ``POST /api/v1/traces/batch``: API key, request signature, gzip/identity,
+  per-event envelope and signature checks, dedupe by ``event_id``.
+* ``POST /api/v1/traces/runs/{run_id}/complete``: ``{"complete", "missing"}``.
+* ``GET /api/v1/health`` (no auth), ``GET /api/v1/stats`` and
+  ``GET /api/v1/events?run_id=`` (API key required) for tests and the demo.
+* ``POST /api/v1/_faults`` (API key, only when ``allow_fault_control``):
+  replace the FaultConfig of a running collector.
+* Streaming routes (WebSocket, chunked NDJSON) come from
+  :mod:`aop_client.collector.streaming_routes` and share the same storage.
+
+Status choices where the protocol is silent: a bad ``Content-Encoding``,
+corrupt gzip, non-JSON or wrongly shaped body, or an ``Idempotency-Key``
+that differs from ``batch_id`` is 400; a body above ``max_body_bytes`` on the
+wire or ``max_decompressed_bytes`` after gunzip is 413; error bodies are
+``{"error": "<reason>"}``. ``Retry-After`` is written in seconds (``%g``).
+Request handling (decode, verify, SQLite) runs in a thread pool so that slow
+or hanging fault responses never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Optional
+
+import orjson
+from aiohttp import web
+
+from .config import CollectorConfig
+from .faults import Fault, FaultConfig, FaultInjector, FaultKind, FaultStage
+from .protocol import (
+    RequestRefused,
+    batch_answer,
+    check_api_key,
+    check_request_signature,
+    decode_body,
+    event_refusal,
+    missing_seqs,
+    parse_batch,
+    parse_completion,
+)
+from .storage import CollectorStorage, IncomingEvent, RequestRecord
+
+__all__ = ["make_app", "CollectorState", "STATE_KEY", "BATCH_PATH", "COMPLETE_PATH"]
+
+BATCH_PATH = "/api/v1/traces/batch"
+COMPLETE_PATH = "/api/v1/traces/runs/{run_id}/complete"
+_SIGNATURE_HEADER = "X-AOP-Signature"
+
+
+@dataclasses.dataclass
+class CollectorState:
+    """Everything the handlers share: config, storage, fault injector, worker pool."""
+
+    config: CollectorConfig
+    storage: CollectorStorage
+    injector: FaultInjector
+    executor: concurrent.futures.ThreadPoolExecutor
+
+
+STATE_KEY = web.AppKey("aop_collector_state", CollectorState)
+
+
+def _json(status: int, body: Any, headers: Optional[dict] = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _aop_headers(request: web.Request) -> dict:
+    return {k: v[:200] for k, v in request.headers.items()
+            if k.lower().startswith("x-aop-") and k.lower() != _SIGNATURE_HEADER.lower()}
+
+
+def _record(request: web.Request, status: Optional[int], **fields: Any) -> RequestRecord:
+    return RequestRecord(path=request.path, status=status, user_agent=request.headers.get("User-Agent"),
+                         aop_headers=_aop_headers(request), **fields)
+
+
+async def _drop_connection(request: web.Request) -> web.StreamResponse:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise asyncio.CancelledError  # nothing may be written on the dead connection
+
+
+async def _strike(state: CollectorState, request: web.Request, fault: Fault, **fields: Any) -> Optional[web.StreamResponse]:
+    """Apply ``fault``; returns the response to send, or None to go on answering normally (slow)."""
+    faults = state.injector.config
+    record_fields = dict(fields, fault=fault.kind.value, fault_stage=fault.stage.value)
+    if fault.kind is FaultKind.SLOW:
+        await asyncio.sleep(faults.slow_delay)
+        return None
+    state.storage.log_request(_record(request, fault.status, **record_fields))
+    if fault.kind is FaultKind.DROP:
+        return await _drop_connection(request)
+    if fault.kind is FaultKind.TIMEOUT:
+        await asyncio.sleep(faults.timeout_delay)
+        return await _drop_connection(request)
+    headers = None
+    if fault.kind in (FaultKind.TOO_MANY_429, FaultKind.ERROR_503) and faults.retry_after is not None:
+        headers = {"Retry-After": "%g" % faults.retry_after}
+    return _json(fault.status or 500, {"error": f"injected fault {fault.kind.value}"}, headers)
+
+
+def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
+                   idempotency_key: Optional[str], now: float) -> tuple[int, dict, dict]:
+    """Decode, verify and store one batch; (status, answer body, request-log fields). Runs in the pool."""
+    config = state.config
+    body = decode_body(raw, encoding, max_decompressed=config.max_decompressed_bytes)
+    check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
+    batch = parse_batch(body, idempotency_key)
+    rejected = []
+    incoming = []
+    for index, event in enumerate(batch.events):
+        reason = event_refusal(event, config.org_salt_key)
+        if reason is not None:
+            event_id = event.get("event_id") if isinstance(event, dict) else None
+            rejected.append({"event_id": event_id if isinstance(event_id, str) else None,
+                             "reason": f"events[{index}]: {reason}"})
+            continue
+        incoming.append(IncomingEvent(event["event_id"], event["run_id"], event["seq"], event["agent_id"],
+                                      event["type"], orjson.dumps(event)))
+    duplicate_flags = state.storage.insert_batch(batch.batch_id, incoming, now=now)
+    duplicates = sum(duplicate_flags)
+    accepted = len(incoming) - duplicates
+    fields = {"batch_id": batch.batch_id, "events": len(batch.events), "accepted": accepted,
+              "duplicates": duplicates, "rejected": len(rejected)}
+    return 200, batch_answer(accepted, duplicates, rejected), fields
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise RequestRefused(413, f"body exceeds {request.app[STATE_KEY].config.max_body_bytes} bytes") from e
+
+
+async def handle_batch(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/traces/batch (protocol section 2)."""
+    state = request.app[STATE_KEY]
+    fault = state.injector.next_fault("batch")
+    if fault is not None and fault.stage is FaultStage.BEFORE:
+        response = await _strike(state, request, fault)
+        if response is not None:
+            return response
+    fields: dict = {}
+    try:
+        check_api_key(request.headers.get("Authorization"), state.config.api_key)
+        raw = await _read_body(request)
+        status, answer, fields = await asyncio.get_running_loop().run_in_executor(
+            state.executor, _process_batch, state, raw, request.headers.get("Content-Encoding"),
+            request.headers.get(_SIGNATURE_HEADER), request.headers.get("Idempotency-Key"), time.time())
+    except RequestRefused as refused:
+        state.storage.log_request(_record(request, refused.status, reason=refused.reason))
+        return _json(refused.status, {"error": refused.reason})
+    if fault is not None and fault.stage is FaultStage.AFTER:
+        response = await _strike(state, request, fault, **fields)
+        if response is not None:
+            return response
+    state.storage.log_request(_record(request, status, **fields))
+    return _json(status, answer)
+
+
+def _process_completion(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
+                        run_id: str, now: float) -> tuple[dict, dict]:
+    config = state.config
+    body = decode_body(raw, encoding, max_decompressed=config.max_decompressed_bytes)
+    check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
+    done = parse_completion(body, run_id)
+    listed, missing_count = missing_seqs(state.storage.run_seqs(done.run_id, done.last_seq), done.last_seq)
+    state.storage.record_completion(done.run_id, done.agent_id, done.event_count, done.last_seq, missing_count,
+                                    now=now)
+    answer = {"complete": missing_count == 0, "missing": listed}
+    if missing_count > len(listed):
+        answer["missing_count"] = missing_count
+    return answer, {"events": done.event_count}
+
+
+async def handle_complete(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/traces/runs/{run_id}/complete (protocol section 3)."""
+    state = request.app[STATE_KEY]
+    fault = state.injector.next_fault("complete")
+    if fault is not None and fault.stage is FaultStage.BEFORE:
+        response = await _strike(state, request, fault)
+        if response is not None:
+            return response
+    try:
+        check_api_key(request.headers.get("Authorization"), state.config.api_key)
+        raw = await _read_body(request)
+        answer, fields = await asyncio.get_running_loop().run_in_executor(
+            state.executor, _process_completion, state, raw, request.headers.get("Content-Encoding"),
+            request.headers.get(_SIGNATURE_HEADER), request.match_info["run_id"], time.time())
+    except RequestRefused as refused:
+        state.storage.log_request(_record(request, refused.status, reason=refused.reason))
+        return _json(refused.status, {"error": refused.reason})
+    if fault is not None and fault.stage is FaultStage.AFTER:
+        response = await _strike(state, request, fault, **fields)
+        if response is not None:
+            return response
+    state.storage.log_request(_record(request, 200, **fields))
+    return _json(200, answer)
+
+
+async def handle_health(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/health: liveness, no auth."""
+    return _json(200, {"status": "ok"})
+
+
+def _authorized(request: web.Request) -> Optional[web.Response]:
+    try:
+        check_api_key(request.headers.get("Authorization"), request.app[STATE_KEY].config.api_key)
+    except RequestRefused as refused:
+        return _json(refused.status, {"error": refused.reason})
+    return None
+
+
+async def handle_stats(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/stats: counters (API key required)."""
+    return _authorized(request) or _json(200, request.app[STATE_KEY].storage.stats())
+
+
+async def handle_events(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/events?run_id=: stored envelopes (API key required)."""
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    run_id = request.query.get("run_id") or None
+    return _json(200, {"events": request.app[STATE_KEY].storage.events(run_id)})
+
+
+async def handle_faults(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/_faults: replace the live FaultConfig with the body's fields (API key required)."""
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    try:
+        fields = orjson.loads(await request.read())
+        if not isinstance(fields, dict):
+            raise TypeError("body must be a JSON object of FaultConfig fields")
+        if "endpoints" in fields:
+            fields["endpoints"] = frozenset(fields["endpoints"])
+        config = FaultConfig(**fields)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+        return _json(400, {"error": f"bad FaultConfig: {e}"[:300]})
+    request.app[STATE_KEY].injector.set(config)
+    return _json(200, {"ok": True})
+
+
+def _stream_ingest(storage: CollectorStorage, org_salt_key: Optional[str]):
+    def ingest(envelope: dict) -> tuple[str, Optional[str]]:
+        reason = event_refusal(envelope, None)  # the stream routes verified the signature already
+        if reason is not None:
+            return "rejected", reason
+        event = IncomingEvent(envelope["event_id"], envelope["run_id"], envelope["seq"], envelope["agent_id"],
+                              envelope["type"], orjson.dumps(envelope))
+        (duplicate,) = storage.insert_batch("stream", [event])
+        return ("duplicate" if duplicate else "accepted"), None
+
+    return ingest
+
+
+def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optional[FaultInjector] = None,
+             executor: Optional[concurrent.futures.ThreadPoolExecutor] = None) -> web.Application:
+    """Build the collector's aiohttp application around ``storage``."""
+    injector = injector or FaultInjector(config.faults)
+    executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="aop-collector")
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[STATE_KEY] = CollectorState(config, storage, injector, executor)
+    app.router.add_post(BATCH_PATH, handle_batch)
+    app.router.add_post(COMPLETE_PATH, handle_complete)
+    app.router.add_get("/api/v1/health", handle_health)
+    app.router.add_get("/api/v1/stats", handle_stats)
+    app.router.add_get("/api/v1/events", handle_events)
+    if config.allow_fault_control:
+        app.router.add_post("/api/v1/_faults", handle_faults)
+    if config.enable_streaming:
+        from .streaming_routes import add_streaming_routes
+
+        add_streaming_routes(app, api_key=config.api_key, ingest=_stream_ingest(storage, config.org_salt_key),
+                             org_salt_key=config.org_salt_key)
+
+    async def shutdown(_app: web.Application) -> None:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    app.on_cleanup.append(shutdown)
+    return app

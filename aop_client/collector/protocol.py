@@ -1,0 +1,215 @@
+"""The collector's sans-I/O half of protocol v1: decode and check request bodies, judge events.
+
+Pure functions over bytes and parsed JSON: no clock (``now`` is passed in),
+no sockets, no database. The aiohttp app (``app.py``) turns their verdicts
+into HTTP answers; :class:`RequestRefused` carries the status and reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+import orjson
+
+from ..errors import SignatureError
+from ..signing import verify_event, verify_request
+
+__all__ = [
+    "RequestRefused",
+    "BatchRequest",
+    "CompletionRequest",
+    "EVENT_TYPES",
+    "check_api_key",
+    "check_request_signature",
+    "decode_body",
+    "parse_batch",
+    "event_refusal",
+    "parse_completion",
+    "missing_seqs",
+    "MAX_MISSING_LISTED",
+]
+
+EVENT_TYPES = frozenset({"reasoning", "action_request", "action_response", "final_output", "error", "custom"})
+MAX_MISSING_LISTED = 100_000  # a run completion lists at most this many missing seqs
+_RFC3339_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\Z")
+_MAX_REASON = 300
+
+
+class RequestRefused(Exception):
+    """The whole request is refused with ``status`` (400, 401, 413) for ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason[:_MAX_REASON]
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A parsed batch body: its id and its events (parsed JSON values, not yet judged)."""
+
+    batch_id: str
+    events: list
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A parsed run-completion body."""
+
+    run_id: str
+    agent_id: int
+    event_count: int
+    last_seq: int
+
+
+def check_api_key(authorization: Optional[str], api_key: str) -> None:
+    """Refuse (401) unless ``authorization`` is ``Bearer <api_key>`` (constant-time compare)."""
+    if not authorization:
+        raise RequestRefused(401, "missing Authorization header")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RequestRefused(401, "Authorization header is not 'Bearer <api_key>'")
+    if not hmac.compare_digest(token.strip().encode("utf-8", "replace"), api_key.encode()):
+        raise RequestRefused(401, "invalid API key")
+
+
+def check_request_signature(body: bytes, header: Optional[str], org_salt_key: Optional[str], *,
+                            now: float, tolerance: float) -> None:
+    """Refuse (401) a missing, stale or wrong X-AOP-Signature when an org salt key is configured."""
+    if org_salt_key is None:
+        return
+    try:
+        verify_request(body, header, org_salt_key, now=now, tolerance=tolerance)
+    except SignatureError as e:
+        raise RequestRefused(401, f"X-AOP-Signature: {e.reason}") from e
+
+
+def decode_body(raw: bytes, content_encoding: Optional[str], *, max_decompressed: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity or gzip); 400 for unknown/corrupt, 413 above ``max_decompressed``."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        if len(raw) > max_decompressed:
+            raise RequestRefused(413, f"body of {len(raw)} bytes exceeds {max_decompressed}")
+        return raw
+    if encoding not in ("gzip", "x-gzip"):
+        raise RequestRefused(400, f"unsupported Content-Encoding {encoding[:40]!r} (use gzip or identity)")
+    inflater = zlib.decompressobj(31)
+    try:
+        out = inflater.decompress(raw, max_decompressed + 1)
+        if len(out) > max_decompressed:
+            raise RequestRefused(413, f"gunzipped body exceeds {max_decompressed} bytes")
+        if not inflater.eof:
+            raise RequestRefused(400, "gzip body is truncated")
+        if inflater.unused_data:
+            raise RequestRefused(400, "trailing data after the gzip stream")
+    except zlib.error as e:
+        raise RequestRefused(400, f"gzip body is corrupt: {e}") from e
+    return out
+
+
+def _load_json_object(body: bytes, what: str) -> dict:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestRefused(400, f"{what} is not valid UTF-8 JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise RequestRefused(400, f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_batch(body: bytes, idempotency_key: Optional[str]) -> BatchRequest:
+    """Parse ``{"batch_id", "events": [...]}``; 400 when the shape is wrong or the key disagrees."""
+    doc = _load_json_object(body, "batch body")
+    batch_id = doc.get("batch_id")
+    if not isinstance(batch_id, str) or not batch_id:
+        raise RequestRefused(400, f"batch_id must be a non-empty string, got {batch_id!r}"[:_MAX_REASON])
+    events = doc.get("events")
+    if not isinstance(events, list):
+        raise RequestRefused(400, f"events must be a list, got {type(events).__name__}")
+    if idempotency_key is not None and idempotency_key != batch_id:
+        raise RequestRefused(400, f"Idempotency-Key {idempotency_key[:60]!r} differs from batch_id {batch_id[:60]!r}")
+    return BatchRequest(batch_id, events)
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > 45:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
+    """Why one event of a batch is rejected (a reason naming the field), or None when it is acceptable."""
+    if not isinstance(event, dict):
+        return f"event must be a JSON object, got {type(event).__name__}"
+    if not _is_uuid(event.get("event_id")):
+        return f"event_id must be a UUID string, got {event.get('event_id')!r}"[:_MAX_REASON]
+    if not _is_uuid(event.get("run_id")):
+        return f"run_id must be a UUID string, got {event.get('run_id')!r}"[:_MAX_REASON]
+    if not _is_int(event.get("agent_id")):
+        return f"agent_id must be an integer, got {event.get('agent_id')!r}"[:_MAX_REASON]
+    seq = event.get("seq")
+    if not _is_int(seq) or seq < 1 or seq > 2**63 - 1:
+        return f"seq must be an integer >= 1, got {seq!r}"[:_MAX_REASON]
+    t = event.get("t")
+    if not isinstance(t, str) or not _RFC3339_MS.match(t):
+        return f"t must be RFC 3339 UTC with milliseconds, got {t!r}"[:_MAX_REASON]
+    if event.get("type") not in EVENT_TYPES:
+        return f"type must be one of {sorted(EVENT_TYPES)}, got {event.get('type')!r}"[:_MAX_REASON]
+    if not isinstance(event.get("payload"), dict):
+        return f"payload must be a JSON object, got {type(event.get('payload')).__name__}"
+    if org_salt_key is not None:
+        try:
+            verify_event(event, org_salt_key)
+        except SignatureError as e:
+            return f"sig: {e.reason}"[:_MAX_REASON]
+    elif "sig" in event and not isinstance(event["sig"], str):
+        return f"sig must be a string, got {type(event['sig']).__name__}"
+    return None
+
+
+def parse_completion(body: bytes, path_run_id: str) -> CompletionRequest:
+    """Parse a run-completion body and check it against the run id in the URL (400 otherwise)."""
+    doc = _load_json_object(body, "run completion body")
+    run_id = doc.get("run_id")
+    if run_id != path_run_id:
+        raise RequestRefused(400, f"run_id {run_id!r} does not match the URL's {path_run_id!r}"[:_MAX_REASON])
+    if not _is_uuid(run_id):
+        raise RequestRefused(400, f"run_id must be a UUID string, got {run_id!r}"[:_MAX_REASON])
+    values = {}
+    for name, low in (("agent_id", None), ("event_count", 0), ("last_seq", 0)):
+        value = doc.get(name)
+        if not _is_int(value) or (low is not None and value < low) or abs(value) > 2**63 - 1:
+            bound = "" if low is None else f" >= {low}"
+            raise RequestRefused(400, f"{name} must be an integer{bound}, got {value!r}"[:_MAX_REASON])
+        values[name] = value
+    return CompletionRequest(run_id, values["agent_id"], values["event_count"], values["last_seq"])
+
+
+def missing_seqs(present: Iterable[int], last_seq: int, *, limit: int = MAX_MISSING_LISTED) -> tuple[list[int], int]:
+    """The first ``limit`` seqs of 1..last_seq absent from ``present`` (sorted), and how many are absent."""
+    have = sorted({s for s in present if 1 <= s <= last_seq})
+    listed: list[int] = []
+    expected = 1
+    for seq in have + [last_seq + 1]:
+        if seq > expected and len(listed) < limit:
+            listed.extend(range(expected, min(seq, expected + limit - len(listed))))
+        expected = seq + 1
+    return listed, last_seq - len(have)
+
+
+def batch_answer(accepted: int, duplicates: int, rejected: Iterable[Mapping[str, Any]]) -> dict:
+    """The 200 body of protocol section 2."""
+    return {"accepted": accepted, "duplicates": duplicates, "rejected": list(rejected)}

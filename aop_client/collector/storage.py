@@ -1,0 +1,241 @@
+"""The collector's durable record: received events (deduplicated), every delivery, requests, run completions.
+
+One SQLite database in WAL mode (``synchronous=NORMAL``: a committed batch
+survives the collector being killed). Writes are serialised by a lock and
+each batch is one ``BEGIN IMMEDIATE`` transaction, so concurrent batches and
+several processes on the same file dedupe correctly. Query methods are for
+tests and the demo; they may be called from any thread (or process, on the
+same file).
+
+Tables: ``events(event_id PK, run_id, seq, agent_id, type, body, batch_id,
+received_at)``, ``deliveries(event_id, batch_id, at, duplicate)`` (one row per
+receipt, duplicates included), ``requests(at, path, status, batch_id, ...)``
+and ``completions(run_id, agent_id, event_count, last_seq, complete, ...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import orjson
+
+from ..errors import StoreError
+
+__all__ = ["CollectorStorage", "IncomingEvent", "RequestRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER NOT NULL, agent_id INTEGER NOT NULL,
+    type TEXT NOT NULL, body BLOB NOT NULL, batch_id TEXT NOT NULL, received_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, batch_id TEXT NOT NULL, at REAL NOT NULL,
+    duplicate INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, path TEXT NOT NULL, status INTEGER, batch_id TEXT,
+    events INTEGER, accepted INTEGER, duplicates INTEGER, rejected INTEGER, fault TEXT, fault_stage TEXT,
+    reason TEXT, user_agent TEXT, aop_headers TEXT
+);
+CREATE TABLE IF NOT EXISTS completions (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, agent_id INTEGER, event_count INTEGER, last_seq INTEGER,
+    complete INTEGER NOT NULL, missing_count INTEGER NOT NULL, at REAL NOT NULL
+);
+"""
+_SQL_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One accepted-for-storage event of a batch."""
+
+    event_id: str
+    run_id: str
+    seq: int
+    agent_id: int
+    type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One line of the request log."""
+
+    path: str
+    status: Optional[int]
+    batch_id: Optional[str] = None
+    events: Optional[int] = None
+    accepted: Optional[int] = None
+    duplicates: Optional[int] = None
+    rejected: Optional[int] = None
+    fault: Optional[str] = None
+    fault_stage: Optional[str] = None
+    reason: Optional[str] = None
+    user_agent: Optional[str] = None
+    aop_headers: Optional[dict] = None  # X-AOP-* headers except the signature
+
+
+class CollectorStorage:
+    """The collector's SQLite database (thread-safe; several processes may open the same file)."""
+
+    def __init__(self, db_path: Optional[str]) -> None:
+        self.db_path = db_path
+        target = db_path if db_path is not None else ":memory:"
+        try:
+            if db_path is not None:
+                parent = os.path.dirname(os.path.abspath(db_path))
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+                fd = os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600)
+                os.close(fd)
+            self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open collector database {target!r}: {e}") from e
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- writes --
+
+    def insert_batch(self, batch_id: str, events: Sequence[IncomingEvent], *, now: Optional[float] = None) -> list[bool]:
+        """Store the events not yet held; record every receipt; returns per event whether it was a duplicate."""
+        at = time.time() if now is None else now
+        if not events:
+            return []
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                held: set[str] = set()
+                ids = [e.event_id for e in events]
+                for start in range(0, len(ids), _SQL_CHUNK):
+                    chunk = ids[start:start + _SQL_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    held.update(row[0] for row in conn.execute(
+                        f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
+                duplicate_flags: list[bool] = []
+                new_rows = []
+                for e in events:
+                    dup = e.event_id in held
+                    duplicate_flags.append(dup)
+                    if not dup:
+                        held.add(e.event_id)
+                        new_rows.append((e.event_id, e.run_id, e.seq, e.agent_id, e.type, e.body, batch_id, at))
+                conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", new_rows)
+                conn.executemany(
+                    "INSERT INTO deliveries(event_id, batch_id, at, duplicate) VALUES (?,?,?,?)",
+                    [(e.event_id, batch_id, at, int(d)) for e, d in zip(events, duplicate_flags)],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return duplicate_flags
+
+    def log_request(self, record: RequestRecord, *, now: Optional[float] = None) -> None:
+        """Append one line to the request log."""
+        at = time.time() if now is None else now
+        headers = json.dumps(record.aop_headers) if record.aop_headers else None
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO requests(at, path, status, batch_id, events, accepted, duplicates, rejected, fault,"
+                " fault_stage, reason, user_agent, aop_headers) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (at, record.path, record.status, record.batch_id, record.events, record.accepted,
+                 record.duplicates, record.rejected, record.fault, record.fault_stage, record.reason,
+                 record.user_agent, headers),
+            )
+
+    def record_completion(self, run_id: str, agent_id: int, event_count: int, last_seq: int,
+                          missing_count: int, *, now: Optional[float] = None) -> None:
+        """Remember one run-completion check and its verdict."""
+        at = time.time() if now is None else now
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO completions(run_id, agent_id, event_count, last_seq, complete, missing_count, at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (run_id, agent_id, event_count, last_seq, int(missing_count == 0), missing_count, at),
+            )
+
+    # -- queries --
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    def run_seqs(self, run_id: str, last_seq: Optional[int] = None) -> list[int]:
+        """The seqs held for ``run_id`` (up to ``last_seq``), ascending."""
+        if last_seq is None:
+            return [r[0] for r in self._query("SELECT seq FROM events WHERE run_id=? ORDER BY seq", (run_id,))]
+        return [r[0] for r in self._query(
+            "SELECT seq FROM events WHERE run_id=? AND seq BETWEEN 1 AND ? ORDER BY seq", (run_id, last_seq))]
+
+    def event_ids(self) -> set[str]:
+        """Every event_id held."""
+        return {r[0] for r in self._query("SELECT event_id FROM events")}
+
+    def event_count(self) -> int:
+        """How many distinct events are held."""
+        return self._query("SELECT count(*) FROM events")[0][0]
+
+    def events(self, run_id: Optional[str] = None) -> list[dict]:
+        """The stored envelopes (parsed), by run then seq; only ``run_id``'s when given."""
+        if run_id is None:
+            rows = self._query("SELECT body FROM events ORDER BY run_id, seq")
+        else:
+            rows = self._query("SELECT body FROM events WHERE run_id=? ORDER BY seq", (run_id,))
+        return [orjson.loads(r[0]) for r in rows]
+
+    def delivery_count(self, event_id: str) -> int:
+        """How many times ``event_id`` was received (first copy and duplicates)."""
+        return self._query("SELECT count(*) FROM deliveries WHERE event_id=?", (event_id,))[0][0]
+
+    def duplicate_deliveries(self) -> int:
+        """How many receipts were duplicates of an event already held."""
+        return self._query("SELECT count(*) FROM deliveries WHERE duplicate=1")[0][0]
+
+    def request_log(self) -> list[dict]:
+        """Every logged request, oldest first, as dicts (column name -> value)."""
+        with self._lock:
+            cursor = self._conn.execute("SELECT * FROM requests ORDER BY id")
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        out = []
+        for row in rows:
+            item = dict(zip(names, row))
+            item["aop_headers"] = json.loads(item["aop_headers"]) if item["aop_headers"] else {}
+            out.append(item)
+        return out
+
+    def completions(self, run_id: Optional[str] = None) -> list[dict]:
+        """Every run-completion check, oldest first."""
+        sql = "SELECT run_id, agent_id, event_count, last_seq, complete, missing_count, at FROM completions"
+        rows = self._query(sql + (" WHERE run_id=? ORDER BY id" if run_id else " ORDER BY id"),
+                           (run_id,) if run_id else ())
+        keys = ("run_id", "agent_id", "event_count", "last_seq", "complete", "missing_count", "at")
+        return [dict(zip(keys, r), complete=bool(r[4])) for r in rows]
+
+    def stats(self) -> dict:
+        """Counters for GET /api/v1/stats."""
+        events = self.event_count()
+        deliveries = self._query("SELECT count(*), coalesce(sum(duplicate), 0) FROM deliveries")[0]
+        by_status = dict(self._query("SELECT coalesce(status, 0), count(*) FROM requests GROUP BY status"))
+        runs = self._query("SELECT count(DISTINCT run_id) FROM events")[0][0]
+        return {"events": events, "runs": runs, "deliveries": deliveries[0], "duplicates": deliveries[1],
+                "requests_by_status": {str(k): v for k, v in by_status.items()}}
+
+    def close(self) -> None:
+        """Close the database; safe to call twice."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
