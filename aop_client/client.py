@@ -1,0 +1,380 @@
+"""AOPClient: the public entry point that ties the builder, the durable store and the flusher.
+
+It owns the emit path (validate, redact, sign, durable append: nothing here
+touches the network), the life cycle of the flusher thread (start, stop, fork,
+interpreter exit), run completion, replay files and the combined statistics.
+Transport failures never reach user code: they end up in ``get_stats()`` and
+the logs, and the events stay on disk until they are delivered.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import orjson
+
+from .config import ClientConfig
+from .errors import AOPError, ValidationError
+from .events import validate_envelope
+from .signing import signed_body
+from .trace_builder import TraceBuilder
+
+__all__ = ["AOPClient", "EmitResult"]
+
+log = logging.getLogger("aop_client")
+
+_LIVE_CLIENTS: "weakref.WeakSet[AOPClient]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    """What emit_event did with one event; truthy when the event is durably stored."""
+
+    stored: bool
+    event_id: str
+    run_id: str
+    body: bytes = b""
+    reason: Optional[str] = None
+
+    def __bool__(self) -> bool:
+        return self.stored
+
+
+class AOPClient:
+    """Emits trace events durably and delivers them through one elected flusher per host."""
+
+    def __init__(self, config: Optional[ClientConfig] = None) -> None:
+        self.config = config if config is not None else ClientConfig.from_env()
+        self.trace_builder = TraceBuilder(self.config.agent_id)
+        self._key = self.config.org_salt_key
+        self._lock = threading.RLock()
+        self._store: Any = None
+        self._store_pid = 0
+        self._flusher: Any = None
+        self._started = False
+        self._counts: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._emitted: dict[str, dict] = {}
+        self._last_error: Optional[str] = None
+        self._since_wakeup = 0
+        _LIVE_CLIENTS.add(self)
+
+    # ------------------------------------------------------------------ store
+
+    @property
+    def store(self) -> Any:
+        """The durable store behind this client (opened on first use, reopened after fork)."""
+        store = self._store
+        if store is None or self._store_pid != os.getpid():
+            with self._lock:
+                if self._store is None or self._store_pid != os.getpid():
+                    from .store import DiskStore
+
+                    c = self.config
+                    self._store = DiskStore(
+                        c.spool_path,
+                        durability=c.durability,
+                        max_events=c.max_buffer_size,
+                        max_bytes=c.max_buffer_bytes,
+                        full_policy=c.buffer_full_policy,
+                        block_timeout=c.buffer_block_timeout,
+                        retention_seconds=c.retention_seconds,
+                        retention_bytes=c.retention_bytes,
+                        max_event_bytes=c.max_event_bytes,
+                    )
+                    self._store_pid = os.getpid()
+                store = self._store
+        return store
+
+    # ------------------------------------------------------------------- emit
+
+    def emit_event(self, event: dict) -> EmitResult:
+        """Validate, redact, sign and durably store one event; never raises transport errors."""
+        validate_envelope(event)
+        event_id, run_id = event["event_id"], event["run_id"]
+        self._counts["emitted"] += 1
+        hook = self.config.redaction_hook
+        if hook is not None:
+            redacted = self._redact(hook, event)
+            if redacted is None:
+                return EmitResult(False, event_id, run_id, reason=self._last_drop)
+            event = redacted
+        _, body = signed_body(event, self._key)
+        if len(body) > self.config.max_event_bytes:
+            raise ValidationError(
+                f"event {event_id} is {len(body)} bytes, over max_event_bytes="
+                f"{self.config.max_event_bytes}",
+                field="event",
+                value=len(body),
+            )
+        try:
+            result = self.store.append(event_id, run_id, event["seq"], body)
+        except AOPError as exc:  # the store counts its own drops; this is the last guard
+            self._drop("store_error", exc)
+            return EmitResult(False, event_id, run_id, reason="store_error")
+        if not result.stored:
+            self._dropped[result.reason or "unknown"] += 1
+            return EmitResult(False, event_id, run_id, reason=result.reason)
+        self._counts["stored"] += 1
+        self._emitted[event_id] = event
+        flusher = self._flusher
+        if flusher is not None:
+            if self._flusher_pid != os.getpid():  # forked: the thread stayed in the parent
+                self._restart_after_fork()
+                flusher = self._flusher
+            self._since_wakeup += 1
+            if self._since_wakeup >= self.config.batch_size:
+                self._since_wakeup = 0
+                flusher.wakeup()
+        return EmitResult(True, event_id, run_id, body)
+
+    _last_drop: Optional[str] = None
+
+    def _redact(self, hook: Any, event: dict) -> Optional[dict]:
+        """Run the redaction hook on a private copy; None or an exception drops the event."""
+        try:
+            out = hook(_copy_json(event))
+        except Exception as exc:  # a broken hook must never let PII reach the disk
+            self._last_drop = "redaction_error"
+            self._drop("redaction_error", exc)
+            return None
+        if out is None:
+            self._last_drop = "redacted"
+            self._dropped["redacted"] += 1
+            return None
+        try:
+            validate_envelope(out)
+        except ValidationError as exc:
+            self._last_drop = "redaction_error"
+            self._drop("redaction_error", exc)
+            return None
+        return out
+
+    def _drop(self, reason: str, exc: BaseException) -> None:
+        self._dropped[reason] += 1
+        self._last_error = f"{reason}: {type(exc).__name__}: {exc}"
+        log.warning("aop_client dropped an event (%s): %s", reason, exc)
+
+    def mark_delivered(self, event_ids: Iterable[str]) -> int:
+        """Record events acknowledged on a stream as delivered, so no batch resends them."""
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        return int(self.store.mark_delivered(ids))
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self) -> "AOPClient":
+        """Start the background flusher (it delivers only while elected for this host)."""
+        with self._lock:
+            if self._started and self._flusher is not None:
+                return self
+            self._flusher = self._make_flusher()
+            self._flusher.start()
+            self._flusher_pid = os.getpid()
+            self._started = True
+        _register_exit_handler()
+        return self
+
+    def _restart_after_fork(self) -> None:
+        """In a forked child, start this process's own flusher (it campaigns; the lock decides)."""
+        with self._lock:
+            if self._flusher is not None and self._flusher_pid != os.getpid():
+                self._flusher = None
+                self._started = False
+                self.start()
+
+    def _make_flusher(self) -> Any:
+        from .core.backoff import RetryPolicy
+        from .election import FlusherElection
+        from .flusher import Flusher
+        from .transport import HttpTransport
+
+        c = self.config
+        transport = HttpTransport(
+            c.base_url,
+            c.api_key,
+            c.org_salt_key,
+            verify_ssl=c.verify_ssl,
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            gzip_threshold=c.gzip_threshold,
+        )
+        return Flusher(
+            self.store,
+            transport,
+            FlusherElection(c.spool_path),
+            batch_size=c.batch_size,
+            batch_interval=c.batch_interval,
+            max_batch_bytes=c.max_batch_bytes,
+            retry_policy=RetryPolicy(
+                max_retries=c.max_retries, base=c.retry_backoff_base, cap=c.retry_backoff_max
+            ),
+            fallback_dir=c.local_fallback_dir if c.enable_local_fallback else None,
+            pre_send_hook=c.pre_send_hook,
+            post_send_hook=c.post_send_hook,
+        )
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the flusher within timeout, write the replay file if enabled; True if all sent."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        drained = True
+        with self._lock:
+            flusher, self._flusher, self._started = self._flusher, None, False
+        if flusher is not None:
+            try:
+                drained = bool(flusher.stop(timeout=max(0.0, deadline - time.monotonic())))
+            except Exception as exc:  # stop must return, whatever the flusher did
+                self._last_error = f"stop: {type(exc).__name__}: {exc}"
+                drained = False
+        if self.config.enable_local_replay:
+            self._write_replay()
+        return drained
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Deliver everything pending now (starting the flusher if needed); True when drained."""
+        self._ensure_flusher()
+        return bool(self._flusher.flush(timeout=timeout))
+
+    def finalize(self, timeout: float = 30.0) -> bool:
+        """Deliver the run, send the protocol's run completion and write the replay file.
+
+        Returns True when the server reports the run complete (every seq held).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        run_id = self.trace_builder.run_id
+        complete = False
+        try:
+            if self.flush(timeout=max(0.0, deadline - time.monotonic())):
+                complete = self._send_run_completion(run_id)
+        except Exception as exc:  # finalize reports, it never raises transport errors
+            self._last_error = f"finalize: {type(exc).__name__}: {exc}"
+            log.warning("aop_client could not finalize run %s: %s", run_id, exc)
+        if self.config.enable_local_replay:
+            self._write_replay()
+        return complete
+
+    def _send_run_completion(self, run_id: str) -> bool:
+        last_seq = self.trace_builder.next_seq - 1
+        if last_seq < 1:
+            return True
+        body = {"run_id": run_id, "agent_id": self.config.agent_id,
+                "event_count": last_seq, "last_seq": last_seq}
+        response = self._flusher.transport.post_run_complete(run_id, body)
+        if response.status != 200:
+            self._last_error = (f"run completion: HTTP {response.status} "
+                                f"{response.error or response.body[:200]!r}")
+            return False
+        try:
+            answer = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            self._last_error = "run completion: unreadable answer"
+            return False
+        self._run_completion = answer
+        if not answer.get("complete"):
+            self._last_error = f"run completion: server misses seqs {answer.get('missing')}"
+        return bool(answer.get("complete"))
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or self._flusher_pid != os.getpid():
+            self._flusher = None
+            self._started = False
+            self.start()
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this client, its flusher (when started) and the host-wide store."""
+        out: dict[str, Any] = {
+            "emitted": self._counts["emitted"],
+            "stored": self._counts["stored"],
+            "delivered": 0, "duplicates": 0, "retried": 0, "dead_letters": 0, "fallback": 0,
+            "dropped": dict(self._dropped),
+            "is_flusher": False,
+            "last_error": self._last_error,
+            "run_id": self.trace_builder.run_id,
+        }
+        flusher = self._flusher
+        if flusher is not None:
+            fs = flusher.stats()
+            for key in ("delivered", "duplicates", "retried", "hook_errors", "paused"):
+                out[key] = fs.get(key, 0)
+            out["is_flusher"] = bool(fs.get("is_leader"))
+            out["last_error"] = fs.get("last_error") or out["last_error"]
+        try:
+            st = self.store.stats()
+        except AOPError as exc:
+            out["store_error"] = str(exc)
+            return out
+        for name in ("pending", "in_flight", "delivered_retained", "dead_letters", "fallback",
+                     "quarantined", "bytes_on_disk", "oldest_pending_age"):
+            out[name] = getattr(st, name)
+        for reason, n in st.dropped.items():
+            out["dropped"][reason] = max(out["dropped"].get(reason, 0), n)
+        return out
+
+    _run_completion: Optional[dict] = None
+    _replay_written: Optional[tuple] = None
+    _flusher_pid = 0
+
+    def get_trace(self) -> list[dict]:
+        """Every event of the current run, as the client holds it (builder and emitted)."""
+        events = {e["event_id"]: e for e in self.trace_builder.export_trace()}
+        for event_id, event in self._emitted.items():
+            if event.get("run_id") == self.trace_builder.run_id:
+                events[event_id] = event
+        return sorted(events.values(), key=lambda e: e["seq"])
+
+    def get_trace_json(self, pretty: bool = False) -> str:
+        """get_trace() as JSON text (indented when pretty)."""
+        option = orjson.OPT_INDENT_2 if pretty else 0
+        return orjson.dumps(self.get_trace(), option=option).decode()
+
+    def _write_replay(self) -> Optional[str]:
+        """Write the current run's replay file, unless an identical one was already written."""
+        from .replay import write_replay_file
+
+        run_id = self.trace_builder.run_id
+        written = (run_id, self.trace_builder.next_seq)
+        if self._replay_written == written:
+            return None
+        try:
+            path = write_replay_file(self, run_id)
+            self._replay_written = written
+            return path
+        except Exception as exc:
+            self._last_error = f"replay: {type(exc).__name__}: {exc}"
+            log.warning("aop_client could not write the replay file: %s", exc)
+            return None
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of dicts and lists (scalars shared), for handing events to hooks."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+_exit_registered = False
+
+
+def _register_exit_handler() -> None:
+    global _exit_registered
+    if not _exit_registered:
+        atexit.register(_stop_all_at_exit)
+        _exit_registered = True
+
+
+def _stop_all_at_exit() -> None:
+    """At interpreter exit, stop every started client within a short, bounded time."""
+    for client in list(_LIVE_CLIENTS):
+        if client._started:
+            client.stop(timeout=2.0)
