@@ -61,7 +61,8 @@ __all__ = [
     "EVENT_TYPES", "UNCERTAINTY_LEVELS", "ENVELOPE_FIELDS", "DEFAULT_MAX_EVENT_BYTES", "MAX_JSON_DEPTH",
     "MAX_SAFE_INTEGER", "ELLIPSIS_PLACEHOLDER", "new_event_id", "new_run_id", "format_timestamp",
     "parse_timestamp", "make_event", "is_uuid", "validate_envelope", "check_json_value", "copy_json_value",
-    "check_confidence", "check_uncertainty", "validate_payload", "validate_event", "validate_imported_event",
+    "check_confidence", "check_uncertainty", "validate_payload", "check_event_size", "validate_event",
+    "validate_imported_event",
 ]
 
 EVENT_TYPES: frozenset[str] = frozenset(
@@ -280,7 +281,8 @@ def _walk(value: Any, depth: int, int_limit: float) -> None:
         raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
     if isinstance(value, dict):
         for key in value:
-            _check_key(key)
+            if type(key) is not str or not key.isascii():
+                _check_key(key)
         pairs: Any = value.items()
     elif isinstance(value, (list, tuple)):
         pairs = enumerate(value)
@@ -323,7 +325,7 @@ def _copy(value: Any, depth: int, placeholders: bool) -> Any:
     else:
         raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
     for key, item in pairs:
-        if type(result) is dict:
+        if type(result) is dict and (type(key) is not str or not key.isascii()):
             _check_key(key)
         try:
             result[key] = _copy(item, depth + 1, placeholders)
@@ -400,6 +402,11 @@ def _check_body_and_size(event: Mapping, max_event_bytes: int) -> None:
         if key not in _CHECKED_FIELDS:
             check_json_value(value, _key_segment(key).lstrip("."))
     validate_payload(event["type"], event["payload"])
+    check_event_size(event, max_event_bytes)
+
+
+def check_event_size(event: Mapping, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    """Raise ValidationError when ``len(orjson.dumps(event)) > max_event_bytes``."""
     try:
         size = len(orjson.dumps(event))
     except (orjson.JSONEncodeError, TypeError) as e:

@@ -22,11 +22,11 @@ import orjson
 from .errors import ValidationError
 from .events import (
     DEFAULT_MAX_EVENT_BYTES,
-    format_timestamp,
     is_uuid,
     make_event,
     new_run_id,
-    validate_event,
+    check_event_size,
+    validate_envelope,
 )
 from .toon_parser import ToonBuilder
 
@@ -90,8 +90,7 @@ class TraceBuilder:
 
     def _record(self, event_type: str, payload: dict) -> dict:
         now = self._clock()
-        format_timestamp(now)  # a bad clock value fails here, before a seq is taken
-        with self._lock:
+        with self._lock:  # a seq is taken only by the append: any failure above it takes none
             event = make_event(
                 run_id=self._run_id,
                 agent_id=self._agent_id,
@@ -100,7 +99,8 @@ class TraceBuilder:
                 payload=payload,
                 now=now,
             )
-            validate_event(event, max_event_bytes=self._max_event_bytes)
+            validate_envelope(event)  # the payload was validated and copied by ToonBuilder
+            check_event_size(event, self._max_event_bytes)
             self._events.append(event)
         return _copy(event)
 

@@ -258,3 +258,13 @@ class TraceBuilderMachine(RuleBasedStateMachine):
 
 TestTraceBuilderMachine = TraceBuilderMachine.TestCase
 TestTraceBuilderMachine.settings = S.PROPERTY_SETTINGS
+
+
+def test_bad_clock_value_raises_and_takes_no_seq():
+    """A clock returning NaN raises ValidationError on field t and the seq stays free."""
+    times = iter([math.nan, 1764928800.0])
+    builder = TraceBuilder(1, RUN_ID, clock=lambda: next(times))
+    with pytest.raises(ValidationError) as info:
+        builder.create_custom("x")
+    assert info.value.field == "t"
+    assert builder.create_custom("y")["seq"] == 1
