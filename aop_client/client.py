@@ -224,7 +224,7 @@ class AOPClient:
         )
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the flusher within timeout, write the replay file if enabled; True if all sent."""
+        """Stop the flusher within timeout, write the replay file if enabled; True if nothing is left undelivered."""
         deadline = time.monotonic() + max(0.0, timeout)
         drained = True
         with self._lock:
@@ -235,9 +235,18 @@ class AOPClient:
             except Exception as exc:  # stop must return, whatever the flusher did
                 self._last_error = f"stop: {type(exc).__name__}: {exc}"
                 drained = False
+            self._retire(flusher)
         if self.config.enable_local_replay:
             self._write_replay()
-        return drained
+        return drained and self._nothing_left()
+
+    def _nothing_left(self) -> bool:
+        """True when the host's store holds no pending, in-flight or fallback event."""
+        try:
+            st = self.store.stats()
+        except AOPError:
+            return False
+        return st.pending + st.in_flight + st.fallback == 0
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Deliver everything pending now (starting the flusher if needed); True when drained."""
@@ -283,6 +292,15 @@ class AOPClient:
             self._last_error = f"run completion: server misses seqs {answer.get('missing')}"
         return bool(answer.get("complete"))
 
+    _FLUSHER_COUNTERS = ("delivered", "duplicates", "retried", "hook_errors")
+
+    def _retire(self, flusher: Any) -> None:
+        """Fold a stopped flusher's counters into the client's totals."""
+        fs = flusher.stats()
+        for key in self._FLUSHER_COUNTERS:
+            self._counts[key] += fs.get(key, 0) or 0
+        self._last_error = fs.get("last_error") or self._last_error
+
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher_pid != os.getpid():
             self._flusher = None
@@ -294,7 +312,8 @@ class AOPClient:
         out: dict[str, Any] = {
             "emitted": self._counts["emitted"],
             "stored": self._counts["stored"],
-            "delivered": 0, "duplicates": 0, "retried": 0, "dead_letters": 0, "fallback": 0,
+            **{key: self._counts[key] for key in self._FLUSHER_COUNTERS},
+            "dead_letters": 0, "fallback": 0, "paused": False,
             "dropped": dict(self._dropped),
             "is_flusher": False,
             "last_error": self._last_error,
@@ -303,8 +322,9 @@ class AOPClient:
         flusher = self._flusher
         if flusher is not None:
             fs = flusher.stats()
-            for key in ("delivered", "duplicates", "retried", "hook_errors", "paused"):
-                out[key] = fs.get(key, 0)
+            for key in self._FLUSHER_COUNTERS:
+                out[key] += fs.get(key, 0) or 0
+            out["paused"] = bool(fs.get("paused"))
             out["is_flusher"] = bool(fs.get("is_leader"))
             out["last_error"] = fs.get("last_error") or out["last_error"]
         try:
