@@ -203,6 +203,8 @@ async def _ws_loop(
 ) -> None:
     count = 0
     async for msg in ws:
+        while faults.freeze:  # frames already read wait too: nothing is acknowledged while frozen
+            await asyncio.sleep(0.01)
         if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             continue
         event_id, outcome, reason = _process(msg.data, ingest, org_salt_key, run_id)

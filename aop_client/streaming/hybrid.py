@@ -110,7 +110,8 @@ class HybridClient:
     def finalize(self, timeout: float = 30.0) -> bool:
         """Give the stream a bounded moment to finish, then let the base client deliver the rest by batch."""
         started = time.monotonic()
-        self.stream.flush(min(self.stream_flush_timeout, timeout))
+        if self.stream.is_connected():  # a stream that is down has nothing to finish
+            self.stream.flush(min(self.stream_flush_timeout, timeout))
         self._finalized = True
         remaining = max(0.1, timeout - (time.monotonic() - started))
         finalize = getattr(self.base_client, "finalize", None)

@@ -1,0 +1,203 @@
+"""HybridClient against a real loopback server: stream acks settle the store, the batch path covers the rest."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import orjson
+import pytest
+import urllib3
+
+from aop_client.collector.streaming_routes import StreamServer
+from aop_client.config import ClientConfig
+from aop_client.signing import signed_body
+from aop_client.streaming import HybridClient
+from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY, wait_until
+from aop_client.trace_builder import TraceBuilder
+
+FAST = dict(reconnect_base=0.01, reconnect_max=0.1, ack_timeout=1.0, connect_timeout=1.0)
+
+
+@dataclass(frozen=True)
+class StandInResult:
+    """The fields of the lead's EmitResult that HybridClient uses."""
+
+    stored: bool
+    event_id: str
+    run_id: str
+    body: bytes
+    reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.stored
+
+
+class StandInBaseClient:
+    """A minimal AOPClient stand-in: a signed in-memory 'store' and a batch upload in finalize()."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.trace_builder = TraceBuilder(config.agent_id)
+        self.stored: dict[str, bytes] = {}
+        self.delivered: set[str] = set()
+        self.batch_uploaded: list[str] = []
+        self._lock = threading.Lock()
+        self.started = self.stopped = False
+
+    def start(self) -> "StandInBaseClient":
+        self.started = True
+        return self
+
+    def emit_event(self, event: dict) -> StandInResult:
+        _, body = signed_body(event, self.config.org_salt_key)
+        with self._lock:
+            self.stored[event["event_id"]] = body
+        return StandInResult(True, event["event_id"], event["run_id"], body)
+
+    def mark_delivered(self, event_ids: Iterable[str]) -> int:
+        with self._lock:
+            new = set(event_ids) - self.delivered
+            self.delivered |= new
+        return len(new)
+
+    def finalize(self, timeout: float = 30.0) -> bool:
+        with self._lock:
+            left = [(i, b) for i, b in self.stored.items() if i not in self.delivered]
+        if left:
+            response = urllib3.request(
+                "POST",
+                self.config.base_url + "/api/v1/traces/stream",
+                body=b"".join(b + b"\n" for _, b in left),
+                headers={"Authorization": f"Bearer {self.config.api_key}", "Content-Type": "application/x-ndjson"},
+                timeout=timeout,
+            )
+            assert response.status == 200 and orjson.loads(response.data)["rejected"] == []
+            self.batch_uploaded += [i for i, _ in left]
+            self.mark_delivered(i for i, _ in left)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        self.stopped = True
+        return True
+
+
+@pytest.fixture
+def server() -> Iterator[StreamServer]:
+    """A loopback stream server with the test keys."""
+    with StreamServer(api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY) as srv:
+        yield srv
+
+
+def config_for(base_url: str, streaming_url: str | None = None) -> ClientConfig:
+    """A ClientConfig for the test keys with streaming enabled."""
+    return ClientConfig(
+        api_key=TEST_API_KEY,
+        base_url=base_url,
+        agent_id=123,
+        org_salt_key=TEST_ORG_SALT_KEY,
+        enable_streaming=True,
+        streaming_url=streaming_url,
+    )
+
+
+def emit_run(hybrid: HybridClient, base: StandInBaseClient, count: int) -> list[str]:
+    """Emit ``count`` events of the builder's run through the hybrid client; returns their ids."""
+    ids = []
+    for n in range(count):
+        result = hybrid.emit_event(base.trace_builder.create_custom("step", {"n": n}))
+        assert result.stored
+        ids.append(result.event_id)
+    return ids
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.mark.parametrize("mode", ["websocket", "http"])
+def test_streamed_events_are_marked_delivered_and_not_resent(server: StreamServer, mode: str) -> None:
+    """Every acked event is marked delivered in the store, so finalize() uploads nothing by batch."""
+    base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
+    with HybridClient(base, streaming_url=server.streaming_url, streaming_mode=mode, **FAST) as hybrid:
+        ids = emit_run(hybrid, base, 200)
+        wait_until(lambda: base.delivered >= set(ids), timeout=20)
+        assert hybrid.finalize() is True
+        assert hybrid.stats()["marked_delivered"] == 200
+    assert base.batch_uploaded == [] and base.started and base.stopped
+    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 201))
+    assert server.events.duplicates == 0
+
+
+def test_streaming_down_for_the_whole_run_delivers_by_batch(server: StreamServer) -> None:
+    """With no stream endpoint reachable, emit_event still stores and finalize() delivers everything."""
+    dead_url = f"ws://127.0.0.1:{closed_port()}/ws/trace/"
+    base = StandInBaseClient(config_for(server.base_url, dead_url))
+    with HybridClient(base, streaming_url=dead_url, **FAST) as hybrid:
+        ids = emit_run(hybrid, base, 120)
+        assert hybrid.finalize(timeout=10.0) is True
+        assert hybrid.stats()["acked"] == 0 and not hybrid.stream.is_connected()
+    assert sorted(base.batch_uploaded) == sorted(ids)
+    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 121))
+
+
+def test_stream_failing_mid_run_is_covered_by_batch(server: StreamServer) -> None:
+    """Events the stream never acked (reset mid-run, stalled acks) arrive by batch; the server dedupes."""
+    base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
+    server.faults.reset_after = 30
+    with HybridClient(base, streaming_url=server.streaming_url, stream_flush_timeout=0.2, **FAST) as hybrid:
+        emit_run(hybrid, base, 60)
+        wait_until(lambda: hybrid.stats()["last_error"], timeout=20)
+        server.faults.reset_after = None
+        server.faults.freeze = True  # the stream goes silent for the rest of the run
+        ids = emit_run(hybrid, base, 40)
+        assert hybrid.finalize(timeout=10.0) is True
+    server.faults.freeze = False
+    held = set(server.events.events)
+    assert set(ids) <= held and set(base.stored) <= held
+    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 101))
+    assert base.batch_uploaded  # the stalled tail went by batch
+
+
+def test_full_stream_buffer_never_loses_events(server: StreamServer) -> None:
+    """A tiny stream buffer drops stream copies, never events: the store and batch path keep them."""
+    server.faults.freeze = True
+    base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
+    with HybridClient(base, streaming_url=server.streaming_url, max_buffer=5, **FAST) as hybrid:
+        ids = emit_run(hybrid, base, 50)
+        assert hybrid.stats()["dropped"] >= 45
+        server.faults.freeze = False
+        assert hybrid.finalize(timeout=10.0) is True
+    assert set(ids) <= set(server.events.events)
+
+
+def test_emit_event_passes_through_refusals() -> None:
+    """An event the base client did not store is returned as is and never streamed."""
+
+    class Refusing(StandInBaseClient):
+        def emit_event(self, event: dict) -> StandInResult:
+            return StandInResult(False, event["event_id"], event["run_id"], b"", reason="full")
+
+    dead_url = f"ws://127.0.0.1:{closed_port()}/ws/trace/"
+    base = Refusing(config_for("http://127.0.0.1:1", dead_url))
+    hybrid = HybridClient(base, streaming_url=dead_url, **FAST)
+    result = hybrid.emit_event(base.trace_builder.create_custom("x"))
+    assert not result and result.reason == "full" and hybrid.stats()["offered"] == 0
+
+
+def test_url_and_mode_default_to_the_config() -> None:
+    """Without arguments the stream uses config.streaming_mode and effective_streaming_url."""
+    base = StandInBaseClient(config_for("http://127.0.0.1:8000").replace(streaming_mode="http"))
+    hybrid = HybridClient(base)
+    assert hybrid.stream.mode == "http" and hybrid.stream.stats()["connected"] is False
+    base2 = StandInBaseClient(config_for("http://127.0.0.1:8000"))
+    assert HybridClient(base2).stream.mode == "websocket"
+    assert uuid.UUID(base2.trace_builder.run_id)
