@@ -78,7 +78,8 @@ def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
     if value is Ellipsis:
         return ELLIPSIS_PLACEHOLDER
     if not isinstance(value, str) or (not allow_empty and not value):
-        raise ValidationError(f"{field}: expected a non-empty string, got {value!r:.80}", field=field, value=value)
+        expected = "a string" if allow_empty else "a non-empty string"
+        raise ValidationError(f"{field}: expected {expected}, got {value!r:.80}", field=field, value=value)
     check_json_value(value, field)
     return value
 
