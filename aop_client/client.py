@@ -231,7 +231,11 @@ class AOPClient:
             flusher, self._flusher, self._started = self._flusher, None, False
         if flusher is not None:
             try:
-                drained = bool(flusher.stop(timeout=max(0.0, deadline - time.monotonic())))
+                # Ask for a final drain first: it also covers a flusher that has not yet won the
+                # election, or another process being the flusher (then we wait for its drain).
+                drained = bool(flusher.flush(timeout=max(0.0, deadline - time.monotonic() - 0.1)))
+                stopped = flusher.stop(timeout=max(0.0, deadline - time.monotonic()), flush=False)
+                drained = drained and bool(stopped)
             except Exception as exc:  # stop must return, whatever the flusher did
                 self._last_error = f"stop: {type(exc).__name__}: {exc}"
                 drained = False
