@@ -15,7 +15,6 @@ example counts for a long run.
 from __future__ import annotations
 
 import os
-import uuid
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, settings
@@ -55,7 +54,7 @@ json_values = st.recursive(
 )
 json_objects = st.dictionaries(keys, json_values, max_size=5)
 
-uuids = st.builds(lambda: str(uuid.uuid4())) | st.uuids().map(str)
+uuids = st.uuids(version=4).map(str) | st.uuids().map(lambda u: str(u).upper())
 millis = st.integers(min_value=0, max_value=253402300799999)  # 1970 .. 9999-12-31T23:59:59.999Z
 
 
