@@ -47,6 +47,14 @@ def _read_chunk(path: str, cursor: int, size: int, chunk: int, max_payload: int)
     return buf, res
 
 
+def _created_ord(segment_name: str) -> int:
+    """The order key a segment was created at (its name prefix); records in it are newer."""
+    try:
+        return int(segment_name.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
 def ingest_pass(
     conn: sqlite3.Connection,
     segment_dir: str,
@@ -59,6 +67,7 @@ def ingest_pass(
     with state.Txn(conn):
         known = {name: (sid, cursor) for sid, name, cursor in conn.execute("SELECT id, name, cursor FROM segments")}
         reads = []
+        bound: int | None = None  # smallest last-read order key among partially read segments
         for name, size in list_segments(segment_dir):
             if name not in known:
                 sid = conn.execute("INSERT INTO segments(name) VALUES (?)", (name,)).lastrowid
@@ -66,12 +75,19 @@ def ingest_pass(
             sid, cursor = known[name]
             if size <= cursor:
                 continue
+            if bound is not None and _created_ord(name) > bound:
+                continue  # every record in it is newer than what this pass may take
             path = os.path.join(segment_dir, name)
             try:
                 buf, res = _read_chunk(path, cursor, size, chunk, max_payload)
             except FileNotFoundError:
                 continue
-            reads.append((sid, name, path, cursor, size, buf, res, cursor + len(buf) >= size))
+            at_eof = cursor + len(buf) >= size
+            reads.append((sid, name, path, cursor, size, buf, res, at_eof))
+            if not at_eof:
+                last = max((i.ord_ns for i in res.items if type(i) is Record), default=None)
+                if last is not None and (bound is None or last < bound):
+                    bound = last
         partial_ords = [
             max((i.ord_ns for i in res.items if type(i) is Record), default=None)
             for (_, _, _, _, _, _, res, at_eof) in reads

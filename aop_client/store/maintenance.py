@@ -20,7 +20,7 @@ def reclaim_space(
     """Drop delivered events older than retention or beyond retention_bytes; unlink dead segments."""
     with state.Txn(conn):
         rows = conn.execute(
-            "SELECT id, seg, state, body_len FROM events WHERE state = 2 AND done_at < ?",
+            "SELECT id, seg, state, body_len FROM events INDEXED BY events_delivered WHERE state = 2 AND done_at < ?",
             (now - retention_seconds,),
         ).fetchall()
         reclaimed = state.delete_events(conn, rows)
@@ -28,7 +28,7 @@ def reclaim_space(
         if excess > 0:
             victims, freed = [], 0
             for row in conn.execute(
-                "SELECT id, seg, state, body_len FROM events WHERE state = 2 AND done_at IS NOT NULL ORDER BY done_at"
+                "SELECT id, seg, state, body_len FROM events INDEXED BY events_delivered WHERE state = 2 ORDER BY done_at"
             ):
                 if freed >= excess:
                     break

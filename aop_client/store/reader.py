@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from .records import verify_record
+from .records import body_if_intact
 
 MAX_OPEN = 64
 
@@ -37,11 +37,7 @@ class BodyReader:
         fd = self._fd(conn, row[1])
         if fd is None:
             return None
-        raw = os.pread(fd, row[3], row[2])
-        rec = verify_record(raw, row[2])
-        if rec is None or rec.event_id != row[4]:
-            return None
-        return raw[rec.body_offset - row[2] :]
+        return body_if_intact(os.pread(fd, row[3], row[2]), row[4].encode())
 
     def close(self) -> None:
         """Close every cached fd."""

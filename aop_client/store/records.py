@@ -105,27 +105,39 @@ class DecodeResult(NamedTuple):
     incomplete: bool  # True when bytes after `consumed` may be a record still being written
 
 
-def decode_run(buf: bytes | memoryview, base: int = 0, max_payload: int = MAX_PAYLOAD) -> DecodeResult:
+def decode_run(buf: bytes, base: int = 0, max_payload: int = MAX_PAYLOAD) -> DecodeResult:
     """Decode consecutive records from buf (which starts at segment offset base), resyncing past damage."""
     items: list = []
+    append = items.append
+    mv = memoryview(buf)
+    unpack_head = HEADER.unpack_from
+    unpack_fixed = FIXED.unpack_from
+    crc = _crc32
     n = len(buf)
     pos = 0
     while pos < n:
         if n - pos < HEADER_SIZE:
             return DecodeResult(items, pos, True)
-        head = _header_at(buf, pos, max_payload)
-        if head is not None:
-            length, pcrc = head
+        magic, length, pcrc, hcrc = unpack_head(buf, pos)
+        if magic == MAGIC and crc(mv[pos : pos + 12]) == hcrc and FIXED_SIZE <= length <= max_payload:
             end = pos + HEADER_SIZE + length
             if end > n:
                 return DecodeResult(items, pos, True)
-            rec = None
-            if _crc32(buf[pos + HEADER_SIZE : end]) == pcrc:
-                rec = _parse_payload(buf, pos, length)
-            if rec is None:
-                items.append(Damage(base + pos, base + end))
-            else:
-                items.append(rec._replace(offset=base + pos, body_offset=base + rec.body_offset))
+            if crc(mv[pos + HEADER_SIZE : end]) == pcrc:
+                ord_ns, appended_at, seq, le, lr, _ = unpack_fixed(buf, pos + HEADER_SIZE)
+                ids = pos + OVERHEAD
+                body_off = ids + le + lr
+                if body_off <= end:
+                    try:
+                        event_id = str(mv[ids : ids + le], "utf-8")
+                        run_id = str(mv[ids + le : body_off], "utf-8")
+                    except UnicodeDecodeError:
+                        pass
+                    else:
+                        append(Record(base + pos, end - pos, ord_ns, appended_at, seq, event_id, run_id, base + body_off, end - body_off))
+                        pos = end
+                        continue
+            append(Damage(base + pos, base + end))
             pos = end
             continue
         nxt = _resync(buf, pos + 1, max_payload)
@@ -133,9 +145,9 @@ def decode_run(buf: bytes | memoryview, base: int = 0, max_payload: int = MAX_PA
             # No verified header in the rest: keep the last HEADER_SIZE-1 bytes undecided
             # (a header may straddle the end of this buffer).
             cut = max(pos + 1, n - HEADER_SIZE + 1)
-            items.append(Damage(base + pos, base + cut))
+            append(Damage(base + pos, base + cut))
             return DecodeResult(items, cut, True)
-        items.append(Damage(base + pos, base + nxt))
+        append(Damage(base + pos, base + nxt))
         pos = nxt
     return DecodeResult(items, pos, False)
 
@@ -168,3 +180,20 @@ def verify_record(raw: bytes, offset: int = 0) -> Record | None:
     if rec is None:
         return None
     return rec._replace(offset=offset, body_offset=offset + rec.body_offset)
+
+
+def body_if_intact(raw: bytes, event_id: bytes) -> bytes | None:
+    """The body of one framed record read back from disk, or None when it fails any check."""
+    if len(raw) < OVERHEAD:
+        return None
+    magic, length, pcrc, hcrc = HEADER.unpack_from(raw, 0)
+    if magic != MAGIC or HEADER_SIZE + length != len(raw):
+        return None
+    mv = memoryview(raw)
+    if _crc32(mv[:12]) != hcrc or _crc32(mv[HEADER_SIZE:]) != pcrc:
+        return None
+    le = len(event_id)
+    _, _, _, rec_le, rec_lr, _ = FIXED.unpack_from(raw, HEADER_SIZE)
+    if rec_le != le or raw[OVERHEAD : OVERHEAD + le] != event_id or OVERHEAD + le + rec_lr > len(raw):
+        return None
+    return raw[OVERHEAD + le + rec_lr :]

@@ -115,7 +115,7 @@ def move(
     ids_json = json.dumps(list(ids))
     states = tuple(from_states)
     marks = ",".join("?" * len(states))
-    where = f"id IN ({_IDS}) AND state IN ({marks})"
+    where = f"id IN ({_IDS}) AND +state IN ({marks})"  # "+": look up by id, not by state
     moved = conn.execute(
         f"SELECT state, COUNT(*), TOTAL(body_len) FROM events WHERE {where} GROUP BY state",
         (ids_json, *states),
