@@ -77,6 +77,7 @@ class Flusher:
         clock: Callable[[], float] = time.time,
         on_error: Callable[[BaseException], None] | None = None,
         election_poll: float = 0.1,
+        fallback_retry_interval: float = 60.0,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -104,6 +105,8 @@ class Flusher:
         self._flush_asked = 0  # flush generations requested ...
         self._flush_done = 0  # ... and completed by the leader loop
         self._fallback_retried_for = 0  # the last flush generation for which parked events were retried
+        self.fallback_retry_interval = max(0.0, float(fallback_retry_interval))
+        self._fallback_retried_at = time.monotonic()
         self._flush_cond = threading.Condition(self._lock)
         self._counts: dict[str, int] = defaultdict(int)
         self._last_error: Optional[str] = None
@@ -251,9 +254,10 @@ class Flusher:
             with self._lock:
                 wanted = self._flush_asked
             forced = one_shot or wanted > self._flush_done
-            if wanted > self._fallback_retried_for:
-                self._fallback_retried_for = wanted
-                self.store.retry_fallback()  # an explicit flush retries parked events too
+            if wanted > self._fallback_retried_for or (
+                    not held and time.monotonic() - self._fallback_retried_at >= self.fallback_retry_interval):
+                self._fallback_retried_for, self._fallback_retried_at = wanted, time.monotonic()
+                self.store.retry_fallback()  # parked events: retried on each flush and every interval
             room = self.batch_size - len(held)
             room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
             fresh: list[StoredEvent] = []

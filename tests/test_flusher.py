@@ -347,3 +347,17 @@ def test_stats_and_repr_hold_no_secrets() -> None:
     transport = HttpTransport("http://127.0.0.1:1", "secret-api", "secret-salt")
     flusher = Flusher(MemoryStore(), transport, SoloElection())
     assert "secret" not in repr(flusher) and "secret" not in repr(flusher.stats())
+
+
+def test_parked_events_are_retried_every_fallback_interval() -> None:
+    """Without any flush request, a running leader retries fallback events after fallback_retry_interval."""
+    store, _ = filled_store(3)
+    transport = ScriptedTransport([Response(503)] * 3)
+    flusher = make_flusher(store, transport, batch_interval=0.0, fallback_retry_interval=0.2)
+    flusher.start()
+    try:
+        wait_until(lambda: flusher.stats()["fallback"] == 3, timeout=10)
+        wait_until(lambda: store.states() == Counter({DELIVERED: 3}), timeout=10)
+        assert len(transport.posts) == 4
+    finally:
+        flusher.stop(timeout=5)
