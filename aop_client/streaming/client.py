@@ -19,9 +19,10 @@ the source of truth.
 from __future__ import annotations
 
 import logging
+import os
 import random
-import select
 import ssl
+import struct
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -32,6 +33,7 @@ from .._version import __version__
 from ..errors import ConfigError, StreamingUnavailableError, TransportError, ValidationError
 from .frames import Ack, OutgoingEvent, encode_event, http_stream_url, parse_server_frame, reconnect_delay, websocket_url
 from .outbox import Outbox
+from .ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, encode_client_frame
 
 __all__ = ["StreamingClient"]
 
@@ -39,6 +41,7 @@ log = logging.getLogger("aop_client.streaming")
 
 _MODES = ("websocket", "http")
 _SEND_BURST = 512
+_RECV_BYTES = 256 * 1024
 
 
 class _ConnectionLost(Exception):
@@ -313,18 +316,15 @@ class StreamingClient:
                 log.exception("stream I/O failed unexpectedly; reconnecting")
             finally:
                 self._connected.clear()
-                try:
-                    ws.close(timeout=0.2)
-                except Exception:
-                    pass
+                self._close_websocket(ws)
                 self._outbox.requeue_inflight()
         self._connected.clear()
 
     def _serve_websocket(self, ws: Any, run: str) -> str:
         """Pump one connection; returns the next run's id when the run changes, raises on connection loss."""
-        ws_lib = self._ws_lib
-        abnf = ws_lib.ABNF
         sock = ws.sock
+        tls = isinstance(sock, ssl.SSLSocket)
+        reader = FrameReader()
         box = self._outbox
         now = time.monotonic()
         last_rx = last_ping = now
@@ -341,46 +341,63 @@ class StreamingClient:
                     return head
             batch = box.take(run, _SEND_BURST, now)
             if batch:
-                frames = []
-                for event in batch:
-                    frame = abnf.create_frame(event.body, abnf.OPCODE_TEXT)
-                    if ws.get_mask_key is not None:
-                        frame.get_mask_key = ws.get_mask_key
-                    frames.append(frame.format())
-                sock.sendall(b"".join(frames))
+                masks = os.urandom(4 * len(batch))
+                sock.sendall(b"".join(encode_client_frame(OP_TEXT, e.body, masks[4 * i : 4 * i + 4]) for i, e in enumerate(batch)))
             if now - last_ping >= self._ping_interval:
-                ws.ping()
+                sock.sendall(encode_client_frame(OP_PING, b"", os.urandom(4)))
                 last_ping = now
             if now - last_rx > 2 * self._ping_interval + self._ack_timeout:
                 raise _ConnectionLost(f"no frame from the server for {now - last_rx:.1f}s")
             if box.oldest_inflight_age(now) > self._ack_timeout:
                 raise _ConnectionLost(f"no ack for {box.oldest_inflight_age(now):.1f}s (stalled)")
             wait = 0.0 if len(batch) == _SEND_BURST else min(self._ping_interval, self._ack_timeout, 0.5)
-            readable = box.wait(wait, [sock], ignore_pending=switch_since is not None)
-            pending_tls = isinstance(sock, ssl.SSLSocket) and sock.pending()
-            if not readable and not pending_tls:
+            if not box.wait(wait, [sock], ignore_pending=switch_since is not None) and not (tls and sock.pending()):
                 continue
+            data = sock.recv(_RECV_BYTES)
+            while tls and sock.pending():
+                data += sock.recv(_RECV_BYTES)
+            if not data:
+                raise _ConnectionLost("server closed the connection")
+            last_rx = time.monotonic()
+            try:
+                messages = reader.feed(data)
+            except ValidationError as e:
+                raise _ConnectionLost(f"protocol error from the server: {e}") from e
             acks: list[str] = []
-            while True:
-                opcode, frame = ws.recv_data_frame(True)
-                last_rx = time.monotonic()
-                if opcode == abnf.OPCODE_CLOSE:
-                    self._deliver_acks(acks)
-                    raise _ConnectionLost("server closed the stream")
-                if opcode == abnf.OPCODE_TEXT:
+            for opcode, payload in messages:
+                if opcode == OP_TEXT:
                     try:
-                        answer = parse_server_frame(frame.data)
+                        answer = parse_server_frame(payload)
                     except ValidationError as e:
                         log.warning("ignoring unreadable stream frame: %s", e)
+                        continue
+                    if isinstance(answer, Ack):
+                        acks.append(answer.event_id)
                     else:
-                        if isinstance(answer, Ack):
-                            acks.append(answer.event_id)
-                        else:
-                            self._deliver_nack(answer.event_id, answer.reason)
-                more = (isinstance(sock, ssl.SSLSocket) and sock.pending()) or select.select([sock], [], [], 0)[0]
-                if not more or len(acks) >= 4096:
-                    break
+                        self._deliver_acks(acks)
+                        acks = []
+                        self._deliver_nack(answer.event_id, answer.reason)
+                elif opcode == OP_PING:
+                    sock.sendall(encode_client_frame(OP_PONG, payload, os.urandom(4)))
+                elif opcode == OP_CLOSE:
+                    self._deliver_acks(acks)
+                    raise _ConnectionLost("server closed the stream")
             self._deliver_acks(acks)
+
+    @staticmethod
+    def _close_websocket(ws: Any) -> None:
+        """Send a normal close frame (best effort) and drop the socket without waiting."""
+        sock = ws.sock
+        try:
+            if sock is not None:
+                sock.settimeout(0.2)
+                sock.sendall(encode_client_frame(OP_CLOSE, struct.pack("!H", 1000), os.urandom(4)))
+        except OSError:
+            pass
+        try:
+            ws.shutdown()
+        except Exception:
+            pass
 
     # -- chunked HTTP mode --
 
