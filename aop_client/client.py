@@ -223,8 +223,12 @@ class AOPClient:
             post_send_hook=c.post_send_hook,
         )
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the flusher within timeout, write the replay file if enabled; True if nothing is left undelivered."""
+    def stop(self, timeout: float = 10.0, *, flush: bool = True) -> bool:
+        """Stop the flusher within timeout, write the replay file if enabled; True if nothing is left undelivered.
+
+        With ``flush=False`` the flusher stops at once without a final drain; either way what
+        is not delivered stays on disk for the next flusher.
+        """
         deadline = time.monotonic() + max(0.0, timeout)
         drained = True
         with self._lock:
@@ -233,7 +237,8 @@ class AOPClient:
             try:
                 # Ask for a final drain first: it also covers a flusher that has not yet won the
                 # election, or another process being the flusher (then we wait for its drain).
-                drained = bool(flusher.flush(timeout=max(0.0, deadline - time.monotonic() - 0.1)))
+                drained = flush and bool(
+                    flusher.flush(timeout=max(0.0, deadline - time.monotonic() - 0.1)))
                 stopped = flusher.stop(timeout=max(0.0, deadline - time.monotonic()), flush=False)
                 drained = drained and bool(stopped)
             except Exception as exc:  # stop must return, whatever the flusher did
