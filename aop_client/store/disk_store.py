@@ -9,6 +9,7 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sqlite3
 import threading
@@ -32,6 +33,21 @@ _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: 
 INDEX_LOW_WATER = 20_000
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
+
+
+def _translated(method: Callable) -> Callable:
+    """Turn SQLite/OS errors escaping a store method into StoreError naming the method and directory."""
+
+    @functools.wraps(method)
+    def wrapper(self: "DiskStore", *args: object, **kwargs: object) -> object:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
+
+    return wrapper
 
 
 class DiskStore:
@@ -94,6 +110,7 @@ class DiskStore:
         self._drops: dict[str, int] = {}
         self._drops_flushed_at = 0.0
         self._last_reclaim = time.monotonic()
+        self._pressure_reclaim_at = 0.0
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
         self._bodies = BodyReader(self.segment_dir)
 
@@ -178,20 +195,27 @@ class DiskStore:
     def _when_full(self, record_len: int) -> AppendResult | None:
         """Apply the full policy; None means there is room now (go ahead and write)."""
         conn = self._conn_or_none()
-        if conn is not None and self._gauge.over_bytes(record_len):
-            self._reclaim_locked(self._clock(), pressure=True)
-            if self._gauge.has_room(record_len, conn, force=True):
-                return None
-        if self.full_policy is FullPolicy.DROP_OLDEST and conn is not None:
-            if self._evict_oldest(conn):
-                self._gauge.removed(1)
-                return None
-        elif self.full_policy is FullPolicy.BLOCK:
-            deadline = time.monotonic() + self.block_timeout
-            while time.monotonic() < deadline:
-                time.sleep(0.005)
-                if self._gauge.has_room(record_len, self._conn_or_none(), force=True):
+        if self._gauge.has_room(record_len, conn, force=True):
+            return None  # the cached numbers were stale
+        try:
+            if self._gauge.over_bytes(record_len):
+                if conn is not None and time.monotonic() - self._pressure_reclaim_at > 1.0:
+                    self._pressure_reclaim_at = time.monotonic()
+                    self._reclaim_locked(self._clock(), pressure=True)
+                    if self._gauge.has_room(record_len, conn, force=True):
+                        return None
+            elif self.full_policy is FullPolicy.DROP_OLDEST and conn is not None:
+                if self._evict_oldest(conn):
+                    self._gauge.removed(1)
                     return None
+            if self.full_policy is FullPolicy.BLOCK:
+                deadline = time.monotonic() + self.block_timeout
+                while time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    if self._gauge.has_room(record_len, self._conn_or_none(), force=True):
+                        return None
+        except (StoreError, sqlite3.Error, OSError):
+            pass  # cannot make room (e.g. disk full): fall through to a counted drop
         return self._drop("full")
 
     def _evict_oldest(self, conn: sqlite3.Connection) -> bool:
@@ -232,6 +256,7 @@ class DiskStore:
         return self.max_event_bytes + OVERHEAD + 2048
 
     # -- flusher side ---------------------------------------------------------------------
+    @_translated
     def begin_epoch(self) -> int:
         """Start a new fencing epoch (call after winning the election); returns it."""
         self._check_pid()
@@ -243,6 +268,7 @@ class DiskStore:
             state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
         return epoch
 
+    @_translated
     def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
         """Take up to max_events/max_bytes pending events, oldest first, seq order within a run."""
         self._check_pid()
@@ -294,24 +320,29 @@ class DiskStore:
             state.check_epoch(conn, epoch, action)
             return state.move(conn, ids, from_states, to_state, extra, params)
 
+    @_translated
     def ack(self, refs: Iterable[object], *, epoch: int) -> None:
         """Mark leased events delivered (2xx seen); they are retained for replay, then reclaimed."""
         self._fenced_move(refs, epoch, "ack", (state.IN_FLIGHT, state.PENDING), state.DELIVERED, ", done_at = ?, lease_until = NULL", (self._clock(),))
         if time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
             self.reclaim()
 
+    @_translated
     def release(self, refs: Iterable[object], *, epoch: int, attempted: bool = True) -> None:
         """Give leased events back to pending (a failed attempt, counted when attempted)."""
         self._fenced_move(refs, epoch, "release", (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL, attempts = attempts + ?", (1 if attempted else 0,))
 
+    @_translated
     def dead_letter(self, refs: Iterable[object], reason: str, *, epoch: int) -> None:
         """Move leased events to dead letters with a reason."""
         self._fenced_move(refs, epoch, "dead_letter", (state.IN_FLIGHT, state.PENDING, state.FALLBACK), state.DEAD, ", lease_until = NULL, reason = ?, done_at = ?", (str(reason), self._clock()))
 
+    @_translated
     def fallback(self, refs: Iterable[object], *, epoch: int) -> None:
         """Park leased events that exhausted max_retries; they are retried by retry_fallback()."""
         self._fenced_move(refs, epoch, "fallback", (state.IN_FLIGHT,), state.FALLBACK, ", lease_until = NULL")
 
+    @_translated
     def retry_fallback(self) -> int:
         """Return every fallback event to pending; returns how many."""
         self._check_pid()
@@ -321,6 +352,7 @@ class DiskStore:
             return state.move(conn, ids, (state.FALLBACK,), state.PENDING)
 
     # -- inspection and maintenance ----------------------------------------------------------
+    @_translated
     def iter_run(self, run_id: str, *, include_delivered: bool = True) -> Iterator[StoredEvent]:
         """Every stored event of one run in seq order (pending, in flight, fallback, delivered)."""
         self._check_pid()
@@ -336,6 +368,7 @@ class DiskStore:
             events = self._materialize(conn, rows)
         return iter(events)
 
+    @_translated
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter currently kept."""
         self._check_pid()
@@ -355,6 +388,7 @@ class DiskStore:
             rows = [r for r in rows if r[4] in keep]
         return rows
 
+    @_translated
     def retry_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
         """Return dead letters (all, or the named ones) to pending; returns how many."""
         self._check_pid()
@@ -363,6 +397,7 @@ class DiskStore:
             ids = [r[0] for r in self._dead_rows(conn, event_ids)]
             return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL")
 
+    @_translated
     def purge_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
         """Delete dead letters for good (all, or the named ones); returns how many."""
         self._check_pid()
@@ -370,6 +405,7 @@ class DiskStore:
         with self._lock, state.Txn(conn):
             return state.delete_events(conn, [r[:4] for r in self._dead_rows(conn, event_ids)])
 
+    @_translated
     def reclaim(self, now: float | None = None) -> int:
         """Drop delivered events past retention and free space; returns events reclaimed."""
         self._check_pid()
@@ -385,6 +421,7 @@ class DiskStore:
                 retention_bytes=0 if pressure else self.retention_bytes,
             )
 
+    @_translated
     def stats(self, now: float | None = None) -> StoreStats:
         """Host-wide counters; see StoreStats."""
         self._check_pid()
