@@ -6,21 +6,24 @@ implementation ``rfc8785.dumps`` for every value that it accepts (a hypothesis
 property test in ``tests/test_canonical.py`` checks this byte for byte), but
 about 10-40x faster on typical events.
 
-How it is fast: one Python pass (:func:`_scan`) checks every node, raising
-:class:`~aop_client.errors.ValidationError` with the path of a non-JSON value,
-and classifies the value:
+How it is fast: one lean Python pass (:func:`_scan`) looks only at value types,
+integer range and floats, and picks an encoder:
 
-* ``_FAST`` - plain ``dict``/``list``/``tuple``/``str``/``int``/``bool``/``None``
+* ``_FAST`` - only plain ``dict``/``list``/``tuple``/``str``/``int``/``bool``/``None``
   and floats whose shortest decimal form is the same in orjson and ECMAScript
   (non-integral, 1e-4 <= |f| < 1e16): ``orjson.dumps(OPT_SORT_KEYS)`` is RFC 8785
   here, because orjson escapes strings exactly as RFC 8785 does (only U+0000-U+001F,
   ``"`` and ``\\``, with the same short forms and lowercase ``\\u00xx``) and sorts
   keys by code point, which equals UTF-16 order unless a key holds a character at
-  or above U+E000 (flagged ``_SLOW``);
-* ``_FLOATS`` - some other float (1.0, 1e16, 1e-7, -0.0 ...): the floats are
-  replaced by ``orjson.Fragment`` holding their ECMAScript form (:func:`es6_number`);
-* ``_SLOW`` - subclasses of the JSON types or keys where UTF-16 order may differ:
-  the reference ``rfc8785.dumps`` itself.
+  or above U+E000 (checked afterwards, only when the output holds such a character;
+  then objects are re-sorted by UTF-16 code units);
+* ``_FLOATS`` - some other float (1.0, 1e16, 1e-7, -0.0 ...): a copy with objects
+  pre-sorted and floats as ``orjson.Fragment`` of their ECMAScript form (:func:`es6_number`);
+* ``_SLOW`` - subclasses of the JSON types and anything else: the reference
+  ``rfc8785.dumps`` itself, which is also used whenever orjson refuses a value.
+
+When a value is refused, a thorough second walk (:func:`_locate_invalid`) finds the
+offending node and names its path.
 
 Refused (``ValidationError`` naming the path, e.g. ``payload.steps[0].confidence``,
 and the value): NaN and infinities (orjson would silently write ``null``), integers
@@ -60,6 +63,10 @@ _Fragment = orjson.Fragment
 _isfinite = math.isfinite
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _UTF16_ORDER_RISK = "\ue000"  # keys with a char >= this may sort differently in UTF-16
+_HIGH_UTF8 = re.compile(b"[\xee-\xf4]")  # UTF-8 lead bytes of U+E000 and above
+_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels"
+_BIG_INT = "integer outside +-(2**53-1) cannot be represented exactly"
+_NOT_FINITE = "NaN and infinities are not JSON"
 
 
 class _Invalid(Exception):
@@ -92,125 +99,105 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _classify_float(value: float) -> int:
-    if not _isfinite(value):
-        raise _Invalid("NaN and infinities are not JSON", value)
-    magnitude = -value if value < 0 else value
-    if 1e-4 <= magnitude < 1e16 and not value.is_integer():
-        return _FAST
-    return _FLOATS
+def _scan(node: Any, depth: int) -> int:
+    """Classify a value for the encoder (_FAST/_FLOATS/_SLOW); raise _Invalid (no path) on non-JSON.
 
-
-def _scan_other(value: Any, depth: int) -> int:
-    """Classify a node whose type is not an exact JSON type (subclasses go _SLOW)."""
-    if isinstance(value, str):
-        return _SLOW
-    if isinstance(value, int):  # int subclasses (IntEnum); bool is handled before
-        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            return _SLOW
-        raise _Invalid("integer outside +-(2**53-1) cannot be represented exactly", value)
-    if isinstance(value, float):
-        _classify_float(value)
-        return _SLOW
-    if isinstance(value, dict):
-        return _scan_dict(value, depth) | _SLOW
-    if isinstance(value, (list, tuple)):
-        return _scan_list(value, depth) | _SLOW
-    raise _Invalid(f"{type(value).__name__} is not a JSON value", value)
-
-
-def _scan_value(value: Any, depth: int) -> int:
-    t = type(value)
-    if t is str or t is bool or value is None:
-        return _FAST
-    if t is int:
-        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            return _FAST
-        raise _Invalid("integer outside +-(2**53-1) cannot be represented exactly", value)
-    if t is float:
-        return _classify_float(value)
+    The hot path: no path bookkeeping and no key checks (orjson refuses non-str
+    keys and lone surrogates itself, and the reference path then locates them).
+    """
+    t = type(node)
     if t is dict:
-        return _scan_dict(value, depth)
-    if t is list or t is tuple:
-        return _scan_list(value, depth)
-    return _scan_other(value, depth)
-
-
-def _scan_dict(node: dict, depth: int) -> int:
-    if depth >= MAX_DEPTH:
-        raise _Invalid(f"nesting deeper than {MAX_DEPTH} levels", node)
-    depth += 1
-    flags = _FAST
-    key: Any = None
-    try:
-        for key, value in node.items():
-            if type(key) is not str:
-                if not isinstance(key, str):
-                    raise _Invalid(f"object key of type {type(key).__name__} is not a string", key)
-                flags |= _SLOW
-            elif not key.isascii() and max(key) >= _UTF16_ORDER_RISK:
-                flags |= _SLOW
+        if depth >= MAX_DEPTH:
+            raise _Invalid(_TOO_DEEP, node)
+        depth += 1
+        flags = _FAST
+        for value in node.values():
             t = type(value)
-            if t is str or t is bool or value is None:
+            if t is str or value is None or t is bool:
                 continue
             if t is int:
                 if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
                     continue
-                raise _Invalid("integer outside +-(2**53-1) cannot be represented exactly", value)
+                raise _Invalid(_BIG_INT, value)
             if t is float:
-                flags |= _classify_float(value)
-            elif t is dict:
-                flags |= _scan_dict(value, depth)
-            elif t is list or t is tuple:
-                flags |= _scan_list(value, depth)
-            else:
-                flags |= _scan_other(value, depth)
-    except _Invalid as invalid:
-        invalid.segments.append(_segment(key))
-        raise
-    return flags
-
-
-def _scan_list(node: list | tuple, depth: int) -> int:
-    if depth >= MAX_DEPTH:
-        raise _Invalid(f"nesting deeper than {MAX_DEPTH} levels", node)
-    depth += 1
-    flags = _FAST
-    index = 0
-    try:
-        for index, value in enumerate(node):
-            t = type(value)
-            if t is str or t is bool or value is None:
+                if 1e-4 <= value < 1e16 or -1e16 < value <= -1e-4:
+                    if not value.is_integer():
+                        continue
+                elif not _isfinite(value):
+                    raise _Invalid(_NOT_FINITE, value)
+                flags |= _FLOATS
                 continue
-            flags |= _scan_value(value, depth)
-    except _Invalid as invalid:
-        invalid.segments.append(f"[{index}]")
-        raise
-    return flags
+            flags |= _scan(value, depth)
+        return flags
+    if t is list or t is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Invalid(_TOO_DEEP, node)
+        depth += 1
+        flags = _FAST
+        for value in node:
+            t = type(value)
+            if t is str or value is None or t is bool:
+                continue
+            flags |= _scan(value, depth)
+        return flags
+    if t is str or node is None or t is bool:
+        return _FAST
+    if t is int:
+        if -MAX_SAFE_INTEGER <= node <= MAX_SAFE_INTEGER:
+            return _FAST
+        raise _Invalid(_BIG_INT, node)
+    if t is float:
+        if not _isfinite(node):
+            raise _Invalid(_NOT_FINITE, node)
+        return _FLOATS
+    return _SLOW  # subclasses and other types: the reference encoder decides
 
 
-def _find_unencodable(value: Any, depth: int = 0) -> None:
-    """Raise _Invalid at the first string (key or value) that is not valid UTF-8 (lone surrogates)."""
+def _locate_invalid(value: Any, depth: int = 0) -> None:
+    """Raise _Invalid, with its path, at the first node that is not RFC 8785 JSON (slow, thorough)."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise _Invalid("string holds a lone surrogate (not valid Unicode)", value) from None
-    elif isinstance(value, dict):
+    elif value is None or isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _Invalid(_BIG_INT, value)
+    elif isinstance(value, float):
+        if not _isfinite(value):
+            raise _Invalid(_NOT_FINITE, value)
+    elif isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_DEPTH:
+            raise _Invalid(_TOO_DEEP, value)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            try:
+                if isinstance(value, dict):
+                    if not isinstance(key, str):
+                        raise _Invalid(f"object key of type {type(key).__name__} is not a string", key)
+                    _locate_invalid(key, depth + 1)
+                _locate_invalid(item, depth + 1)
+            except _Invalid as invalid:
+                invalid.segments.append(_segment(key) if isinstance(value, dict) else f"[{key}]")
+                raise
+    else:
+        raise _Invalid(f"{type(value).__name__} is not a JSON value", value)
+
+
+def _has_utf16_order_risk(value: Any) -> bool:
+    """True if some object key holds a character >= U+E000 (code point and UTF-16 order may differ)."""
+    t = type(value)
+    if t is dict:
         for key, item in value.items():
-            try:
-                _find_unencodable(key, depth + 1)
-                _find_unencodable(item, depth + 1)
-            except _Invalid as invalid:
-                invalid.segments.append(_segment(key))
-                raise
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            try:
-                _find_unencodable(item, depth + 1)
-            except _Invalid as invalid:
-                invalid.segments.append(f"[{index}]")
-                raise
+            if not key.isascii() and max(key) >= _UTF16_ORDER_RISK:
+                return True
+            if _has_utf16_order_risk(item):
+                return True
+    elif t is list or t is tuple:
+        return any(_has_utf16_order_risk(item) for item in value)
+    return False
 
 
 def es6_number(value: float) -> str:
@@ -267,47 +254,64 @@ def large_integers_as_doubles(value: Any) -> Any:
     return value
 
 
-def _with_float_fragments(value: Any) -> Any:
-    """Copy of an exact-typed value with every float replaced by its ECMAScript form."""
+def _utf16_key(item: tuple[str, Any]) -> bytes:
+    return item[0].encode("utf-16-be")
+
+
+def _rebuilt(value: Any, utf16_order: bool) -> Any:
+    """Copy of an exact-typed value, objects in RFC 8785 key order, floats as ECMAScript Fragments."""
     t = type(value)
     if t is float:
         return _Fragment(es6_number(value).encode())
     if t is dict:
-        return {key: _with_float_fragments(item) for key, item in value.items()}
+        items = sorted(value.items(), key=_utf16_key) if utf16_order else sorted(value.items(), key=_first)
+        return {key: _rebuilt(item, utf16_order) for key, item in items}
     if t is list or t is tuple:
-        return [_with_float_fragments(item) for item in value]
+        return [_rebuilt(item, utf16_order) for item in value]
     return value
 
 
-def _invalid_to_error(invalid: _Invalid) -> ValidationError:
-    field = _path(invalid.segments)
-    return ValidationError(
-        f"{field}: {invalid.reason}: {_short_repr(invalid.value)}", field=field, value=invalid.value
-    )
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
 
 
-def _diagnose(value: Any, cause: Exception) -> ValidationError:
-    """Build the ValidationError for a value the scan accepted but the encoder refused."""
+def _located_error(value: Any, cause: BaseException | None) -> ValidationError:
+    """The ValidationError, naming path and value, for a value that was refused."""
     try:
-        _find_unencodable(value)
+        _locate_invalid(value)
     except _Invalid as invalid:
-        return _invalid_to_error(invalid)
+        field = _path(invalid.segments)
+        return ValidationError(
+            f"{field}: {invalid.reason}: {_short_repr(invalid.value)}", field=field, value=invalid.value
+        )
+    except RecursionError:
+        pass
     return ValidationError(f"(root): cannot canonicalize value: {cause}", field="(root)", value=None)
+
+
+def _reference(value: Any) -> bytes:
+    """The reference encoder, for values the fast encoders do not cover."""
+    try:
+        return rfc8785.dumps(value)
+    except (ValueError, TypeError, RecursionError) as e:  # CanonicalizationError is a ValueError
+        raise _located_error(value, e) from e
 
 
 def canonical_json(value: Any) -> bytes:
     """Return the RFC 8785 canonical JSON bytes of ``value`` (raises ValidationError naming the path)."""
     try:
-        flags = _scan_value(value, 0)
+        flags = _scan(value, 0)
     except _Invalid as invalid:
-        raise _invalid_to_error(invalid) from None
-    except RecursionError as e:
-        raise ValidationError("(root): value nested too deeply", field="(root)", value=None) from e
+        raise _located_error(value, invalid) from None
+    if flags & _SLOW:
+        return _reference(value)
     try:
         if flags == _FAST:
-            return _dumps(value, option=_ORJSON_OPTIONS)
-        if flags == _FLOATS:
-            return _dumps(_with_float_fragments(value), option=_ORJSON_OPTIONS)
-        return rfc8785.dumps(value)
-    except (orjson.JSONEncodeError, rfc8785.CanonicalizationError) as e:
-        raise _diagnose(value, e) from e
+            encoded = _dumps(value, option=_ORJSON_OPTIONS)
+        else:
+            encoded = _dumps(_rebuilt(value, False), option=orjson.OPT_STRICT_INTEGER)
+    except TypeError:  # orjson.JSONEncodeError: non-str key, lone surrogate ... or unsortable keys
+        return _reference(value)
+    if not encoded.isascii() and _HIGH_UTF8.search(encoded) and _has_utf16_order_risk(value):
+        return _dumps(_rebuilt(value, True), option=orjson.OPT_STRICT_INTEGER)
+    return encoded
