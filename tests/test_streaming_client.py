@@ -8,12 +8,14 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from typing import Iterator
+from typing import Any
 
 import orjson
 import pytest
 
-from aop_client.collector.streaming_routes import StreamServer
+import sqlite3
+
+from aop_client.collector.streaming_routes import StreamFaults, StreamServer, faults_of
 from aop_client.errors import ConfigError, TransportError
 from aop_client.signing import signed_body
 from aop_client.streaming import StreamingClient
@@ -47,14 +49,36 @@ def run_of(bodies: list[bytes]) -> str:
     return orjson.loads(bodies[0])["run_id"]
 
 
+class Served:
+    """A running reference collector, seen through what these tests need."""
+
+    def __init__(self, collector: object) -> None:
+        self.collector = collector
+        self.base_url: str = collector.url  # type: ignore[attr-defined]
+        self.streaming_url = self.base_url.replace("http://", "ws://", 1) + "/ws/trace/"
+        self.faults: StreamFaults = faults_of(collector)
+
+    def arrival_seqs(self, run_id: str) -> list[int]:
+        """The seqs of ``run_id`` in the order the collector first stored them."""
+        with sqlite3.connect(self.collector.config.db_path) as db:  # type: ignore[attr-defined]
+            return [r[0] for r in db.execute("SELECT seq FROM events WHERE run_id=? ORDER BY rowid", (run_id,))]
+
+    def event_ids(self) -> set[str]:
+        """Every event_id the collector holds."""
+        return self.collector.event_ids()  # type: ignore[attr-defined]
+
+    def duplicates(self) -> int:
+        """How many arrivals the collector absorbed as duplicates."""
+        return self.collector.duplicate_deliveries()  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def server() -> Iterator[StreamServer]:
-    """A loopback stream server with the test keys and in-memory storage."""
-    with StreamServer(api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY) as srv:
-        yield srv
+def server(aop_collector: object) -> Served:
+    """The reference collector (real aiohttp app, SQLite storage, stream routes) on loopback."""
+    return Served(aop_collector)
 
 
-def client_for(server: StreamServer, mode: str, acks: list[str] | None = None, **options: object) -> StreamingClient:
+def client_for(server: Served, mode: str, acks: list[str] | None = None, **options: object) -> StreamingClient:
     """A StreamingClient aimed at ``server`` in ``mode``, recording acks into ``acks``."""
     merged = {**FAST, **options}
     return StreamingClient(
@@ -67,15 +91,15 @@ def client_for(server: StreamServer, mode: str, acks: list[str] | None = None, *
     )
 
 
-def assert_run_complete_in_order(server: StreamServer, bodies: list[bytes]) -> None:
+def assert_run_complete_in_order(server: Served, bodies: list[bytes]) -> None:
     """Every event of the run is held once, and first arrivals are in seq order."""
     run_id = run_of(bodies)
-    assert server.events.run_seqs(run_id) == list(range(1, len(bodies) + 1))
-    assert {orjson.loads(b)["event_id"] for b in bodies} <= set(server.events.events)
+    assert server.arrival_seqs(run_id) == list(range(1, len(bodies) + 1))
+    assert {orjson.loads(b)["event_id"] for b in bodies} <= server.event_ids()
 
 
 @pytest.mark.parametrize("mode", ["websocket", "http"])
-def test_streams_a_run_completely_and_in_order(server: StreamServer, mode: str) -> None:
+def test_streams_a_run_completely_and_in_order(server: Served, mode: str) -> None:
     """All events are acknowledged exactly once and stored once, in seq order."""
     bodies = make_run(400)
     acks: list[str] = []
@@ -86,12 +110,12 @@ def test_streams_a_run_completely_and_in_order(server: StreamServer, mode: str) 
     assert client.disconnect() == 0
     assert sorted(acks) == sorted(orjson.loads(b)["event_id"] for b in bodies)
     assert_run_complete_in_order(server, bodies)
-    assert server.events.duplicates == 0
+    assert server.duplicates() == 0
 
 
 @pytest.mark.parametrize("mode", ["websocket", "http"])
 @pytest.mark.parametrize("fault", ["close", "reset", "stall", "slow"])
-def test_faults_lose_nothing_and_keep_order(server: StreamServer, mode: str, fault: str) -> None:
+def test_faults_lose_nothing_and_keep_order(server: Served, mode: str, fault: str) -> None:
     """Server closes, connection resets, stalled and slow acks: 0 lost, duplicates absorbed, order kept."""
     bodies = make_run(300)
     acks: list[str] = []
@@ -119,10 +143,10 @@ def test_faults_lose_nothing_and_keep_order(server: StreamServer, mode: str, fau
     if fault in ("close", "reset", "stall"):
         assert stats["last_error"] is not None
     if fault in ("reset", "stall"):
-        assert server.events.duplicates >= 1  # re-sent after the failure, absorbed by event_id
+        assert server.duplicates() >= 1  # re-sent after the failure, absorbed by event_id
 
 
-def test_reconnects_when_the_server_comes_up_late(tmp_path: object) -> None:
+def test_reconnects_when_the_server_comes_up_late(aop_collector_factory: Any) -> None:
     """Events sent while the server is down are delivered once it starts."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -134,11 +158,11 @@ def test_reconnects_when_the_server_comes_up_late(tmp_path: object) -> None:
     assert all(client.send_event(b) for b in bodies)
     wait_until(lambda: client.stats()["last_error"], timeout=10)
     assert not client.is_connected()
-    with StreamServer(api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY, port=port) as late:
-        assert client.flush(20.0) is True
-        assert client.is_connected()
-        client.disconnect()
-        assert_run_complete_in_order(late, bodies)
+    late = Served(aop_collector_factory(port=port))
+    assert client.flush(20.0) is True
+    assert client.is_connected()
+    client.disconnect()
+    assert_run_complete_in_order(late, bodies)
 
 
 def test_send_event_does_not_block_on_a_stalled_server() -> None:
@@ -166,7 +190,7 @@ def test_send_event_does_not_block_on_a_stalled_server() -> None:
     assert client.disconnect(timeout=0.1) == 100  # left unacknowledged: the durable store has them
 
 
-def test_bad_api_key_is_refused_on_the_handshake(server: StreamServer) -> None:
+def test_bad_api_key_is_refused_on_the_handshake(server: Served) -> None:
     """A wrong bearer token makes connect() raise TransportError with status 401."""
     client = StreamingClient(server.streaming_url, api_key="wrong", run_id=str(uuid.uuid4()), **FAST)  # type: ignore[arg-type]
     with pytest.raises(TransportError) as info:
@@ -175,7 +199,7 @@ def test_bad_api_key_is_refused_on_the_handshake(server: StreamServer) -> None:
     client.disconnect(timeout=0.1)
 
 
-def test_bad_signature_is_nacked(server: StreamServer) -> None:
+def test_bad_signature_is_nacked(server: Served) -> None:
     """A tampered event is refused with a nack naming the signature; good events still pass."""
     bodies = make_run(3)
     tampered = orjson.loads(bodies[1])
@@ -188,10 +212,10 @@ def test_bad_signature_is_nacked(server: StreamServer) -> None:
     assert client.flush(10.0) is True
     client.disconnect()
     assert [i for i, _ in nacks] == [tampered["event_id"]] and "signature" in nacks[0][1]
-    assert server.events.run_seqs(run_of(bodies)) == [1, 3]
+    assert server.arrival_seqs(run_of(bodies)) == [1, 3]
 
 
-def test_a_new_run_opens_a_new_url(server: StreamServer) -> None:
+def test_a_new_run_opens_a_new_url(server: Served) -> None:
     """Events of a second run go to that run's URL (the server would nack a run mismatch)."""
     first, second = make_run(30), make_run(30)
     nacks: list[str] = []
@@ -207,7 +231,7 @@ def test_a_new_run_opens_a_new_url(server: StreamServer) -> None:
     assert_run_complete_in_order(server, second)
 
 
-def test_keepalive_detects_a_silent_server(server: StreamServer) -> None:
+def test_keepalive_detects_a_silent_server(server: Served) -> None:
     """When the server stops answering pings, the client drops the connection and reconnects."""
     client = client_for(server, "websocket", ping_interval=0.05, ack_timeout=0.2, run_id=str(uuid.uuid4()))
     client.connect()
@@ -219,7 +243,7 @@ def test_keepalive_detects_a_silent_server(server: StreamServer) -> None:
     client.disconnect()
 
 
-def test_send_after_disconnect_is_refused(server: StreamServer) -> None:
+def test_send_after_disconnect_is_refused(server: Served) -> None:
     """A disconnected client refuses events (returns False) instead of queueing them forever."""
     client = client_for(server, "http")
     client.connect()
@@ -254,7 +278,20 @@ def test_websocket_mode_without_the_extra_names_it() -> None:
     assert "REFUSED:" in out.stdout and "aop-client[streaming]" in out.stdout
 
 
-def test_repr_and_stats_never_show_the_api_key(server: StreamServer) -> None:
+def test_in_memory_stream_server_serves_the_same_routes() -> None:
+    """StreamServer (stream routes over in-memory storage, used by the benchmark) stores and dedupes like the collector."""
+    bodies = make_run(20)
+    with StreamServer(api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY) as srv:
+        client = StreamingClient(srv.streaming_url, api_key=TEST_API_KEY, **FAST)  # type: ignore[arg-type]
+        client.connect()
+        for body in bodies + bodies[:5]:
+            client.send_event(body)
+        assert client.flush(10.0) is True
+        client.disconnect()
+        assert srv.events.run_seqs(run_of(bodies)) == list(range(1, 21))
+
+
+def test_repr_and_stats_never_show_the_api_key(server: Served) -> None:
     """The api key appears neither in repr() nor in stats()."""
     client = StreamingClient(server.streaming_url, api_key="super-secret-key-123")
     assert "super-secret" not in repr(client) and "super-secret" not in repr(client.stats())

@@ -6,13 +6,15 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import orjson
 import pytest
 import urllib3
 
-from aop_client.collector.streaming_routes import StreamServer
+import sqlite3
+
+from aop_client.collector.streaming_routes import StreamFaults, faults_of
 from aop_client.config import ClientConfig
 from aop_client.signing import signed_body
 from aop_client.streaming import HybridClient
@@ -85,11 +87,33 @@ class StandInBaseClient:
         return True
 
 
+class Served:
+    """A running reference collector, seen through what these tests need."""
+
+    def __init__(self, collector: object) -> None:
+        self.collector = collector
+        self.base_url: str = collector.url  # type: ignore[attr-defined]
+        self.streaming_url = self.base_url.replace("http://", "ws://", 1) + "/ws/trace/"
+        self.faults: StreamFaults = faults_of(collector)
+
+    def arrival_seqs(self, run_id: str) -> list[int]:
+        """The seqs of ``run_id`` in the order the collector first stored them."""
+        with sqlite3.connect(self.collector.config.db_path) as db:  # type: ignore[attr-defined]
+            return [r[0] for r in db.execute("SELECT seq FROM events WHERE run_id=? ORDER BY rowid", (run_id,))]
+
+    def event_ids(self) -> set[str]:
+        """Every event_id the collector holds."""
+        return self.collector.event_ids()  # type: ignore[attr-defined]
+
+    def duplicates(self) -> int:
+        """How many arrivals the collector absorbed as duplicates."""
+        return self.collector.duplicate_deliveries()  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def server() -> Iterator[StreamServer]:
-    """A loopback stream server with the test keys."""
-    with StreamServer(api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY) as srv:
-        yield srv
+def server(aop_collector: object) -> Served:
+    """The reference collector (real aiohttp app, SQLite storage, stream routes) on loopback."""
+    return Served(aop_collector)
 
 
 def config_for(base_url: str, streaming_url: str | None = None) -> ClientConfig:
@@ -124,7 +148,7 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("mode", ["websocket", "http"])
-def test_streamed_events_are_marked_delivered_and_not_resent(server: StreamServer, mode: str) -> None:
+def test_streamed_events_are_marked_delivered_and_not_resent(server: Served, mode: str) -> None:
     """Every acked event is marked delivered in the store, so finalize() uploads nothing by batch."""
     base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
     with HybridClient(base, streaming_url=server.streaming_url, streaming_mode=mode, **FAST) as hybrid:
@@ -133,11 +157,11 @@ def test_streamed_events_are_marked_delivered_and_not_resent(server: StreamServe
         assert hybrid.finalize() is True
         assert hybrid.stats()["marked_delivered"] == 200
     assert base.batch_uploaded == [] and base.started and base.stopped
-    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 201))
-    assert server.events.duplicates == 0
+    assert server.arrival_seqs(base.trace_builder.run_id) == list(range(1, 201))
+    assert server.duplicates() == 0
 
 
-def test_streaming_down_for_the_whole_run_delivers_by_batch(server: StreamServer) -> None:
+def test_streaming_down_for_the_whole_run_delivers_by_batch(server: Served) -> None:
     """With no stream endpoint reachable, emit_event still stores and finalize() delivers everything."""
     dead_url = f"ws://127.0.0.1:{closed_port()}/ws/trace/"
     base = StandInBaseClient(config_for(server.base_url, dead_url))
@@ -146,10 +170,10 @@ def test_streaming_down_for_the_whole_run_delivers_by_batch(server: StreamServer
         assert hybrid.finalize(timeout=10.0) is True
         assert hybrid.stats()["acked"] == 0 and not hybrid.stream.is_connected()
     assert sorted(base.batch_uploaded) == sorted(ids)
-    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 121))
+    assert server.arrival_seqs(base.trace_builder.run_id) == list(range(1, 121))
 
 
-def test_stream_failing_mid_run_is_covered_by_batch(server: StreamServer) -> None:
+def test_stream_failing_mid_run_is_covered_by_batch(server: Served) -> None:
     """Events the stream never acked (reset mid-run, stalled acks) arrive by batch; the server dedupes."""
     base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
     server.faults.reset_after = 30
@@ -161,13 +185,13 @@ def test_stream_failing_mid_run_is_covered_by_batch(server: StreamServer) -> Non
         ids = emit_run(hybrid, base, 40)
         assert hybrid.finalize(timeout=10.0) is True
     server.faults.freeze = False
-    held = set(server.events.events)
+    held = server.event_ids()
     assert set(ids) <= held and set(base.stored) <= held
-    assert server.events.run_seqs(base.trace_builder.run_id) == list(range(1, 101))
+    assert server.arrival_seqs(base.trace_builder.run_id) == list(range(1, 101))
     assert base.batch_uploaded  # the stalled tail went by batch
 
 
-def test_full_stream_buffer_never_loses_events(server: StreamServer) -> None:
+def test_full_stream_buffer_never_loses_events(server: Served) -> None:
     """A tiny stream buffer drops stream copies, never events: the store and batch path keep them."""
     server.faults.freeze = True
     base = StandInBaseClient(config_for(server.base_url, server.streaming_url))
@@ -176,7 +200,7 @@ def test_full_stream_buffer_never_loses_events(server: StreamServer) -> None:
         assert hybrid.stats()["dropped"] >= 45
         server.faults.freeze = False
         assert hybrid.finalize(timeout=10.0) is True
-    assert set(ids) <= set(server.events.events)
+    assert set(ids) <= server.event_ids()
 
 
 def test_emit_event_passes_through_refusals() -> None:

@@ -18,13 +18,13 @@ import asyncio
 import hmac
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from ..errors import SignatureError
 from ..streaming.frames import STREAM_PATH, encode_ack, encode_nack
+from .protocol import event_refusal
 
 __all__ = [
     "StreamFaults",
@@ -35,6 +35,7 @@ __all__ = [
     "check_envelope",
     "FAULTS_KEY",
     "StreamServer",
+    "faults_of",
 ]
 
 #: ("accepted" | "duplicate" | "rejected", reason or None)
@@ -42,7 +43,6 @@ IngestResult = tuple[str, "str | None"]
 Ingest = Callable[[dict], IngestResult]
 
 MAX_LINE_BYTES = 1_000_000 + 1024
-_REQUIRED = {"event_id": str, "run_id": str, "type": str, "t": str}
 
 
 @dataclass
@@ -100,27 +100,10 @@ class InMemoryEvents:
 
 
 def check_envelope(envelope: Any, org_salt_key: str | None, run_id: str | None = None) -> str | None:
-    """Why ``envelope`` is refused (a reason string), or None when it may be stored."""
-    if not isinstance(envelope, dict):
-        return f"event must be a JSON object, got {type(envelope).__name__}"
-    for name, kind in _REQUIRED.items():
-        if not isinstance(envelope.get(name), kind) or not envelope[name]:
-            return f"field {name!r} must be a non-empty string, got {envelope.get(name)!r}"
-    seq = envelope.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        return f"field 'seq' must be an integer >= 1, got {seq!r}"
-    if not isinstance(envelope.get("payload"), dict):
-        return "field 'payload' must be an object"
-    if run_id is not None and envelope["run_id"] != run_id:
-        return f"run_id {envelope['run_id']!r} does not match the stream's run {run_id!r}"
-    if org_salt_key:
-        from ..signing import verify_event
-
-        try:
-            verify_event(envelope, org_salt_key)
-        except SignatureError as e:
-            return f"signature: {e.reason}"
-    return None
+    """Why ``envelope`` is refused (a reason string), or None: the batch endpoint's checks plus the stream's run."""
+    if run_id is not None and isinstance(envelope, dict) and envelope.get("run_id") != run_id:
+        return f"run_id {envelope.get('run_id')!r:.80} does not match the stream's run {run_id!r:.80}"
+    return event_refusal(envelope, org_salt_key)
 
 
 def _authorized(request: web.Request, api_key: str) -> bool:
@@ -323,6 +306,16 @@ def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faul
 
     return handle
 
+
+
+def faults_of(server: Any) -> StreamFaults:
+    """The live StreamFaults of a running collector (RunningCollector) or a StreamServer, for tests."""
+    if isinstance(server, StreamServer):
+        return server.faults
+    runner = getattr(server, "_runner", None)
+    if runner is None or FAULTS_KEY not in runner.app:
+        raise TypeError(f"{server!r} is not a running in-process collector with stream routes")
+    return runner.app[FAULTS_KEY]
 
 
 class StreamServer:
