@@ -225,3 +225,52 @@ def test_url_and_mode_default_to_the_config() -> None:
     base2 = StandInBaseClient(config_for("http://127.0.0.1:8000"))
     assert HybridClient(base2).stream.mode == "websocket"
     assert uuid.UUID(base2.trace_builder.run_id)
+
+
+# -- with the real AOPClient (durable store, elected flusher, batch endpoint) --
+
+
+def real_client(collector: object, tmp_path: object, streaming_url: str) -> object:
+    """An AOPClient on a private spool directory, aimed at ``collector``."""
+    from aop_client import AOPClient
+
+    config = ClientConfig(
+        api_key=collector.api_key,  # type: ignore[attr-defined]
+        base_url=collector.url,  # type: ignore[attr-defined]
+        agent_id=123,
+        org_salt_key=collector.org_salt_key,  # type: ignore[attr-defined]
+        spool_dir=str(tmp_path),  # type: ignore[arg-type]
+        batch_interval=0.2,
+        retry_backoff_base=0.05,
+        retry_backoff_max=0.5,
+        enable_streaming=True,
+        streaming_url=streaming_url,
+    )
+    return AOPClient(config)
+
+
+def test_real_client_hybrid_run_arrives_complete_and_in_order(aop_collector: object, tmp_path: object) -> None:
+    """With AOPClient as the base, a streamed run is acked on the stream and complete at the collector."""
+    served = Served(aop_collector)
+    base = real_client(aop_collector, tmp_path, served.streaming_url)
+    with HybridClient(base, streaming_url=served.streaming_url, streaming_mode="websocket", **FAST) as hybrid:
+        builder = base.trace_builder  # type: ignore[attr-defined]
+        ids = [hybrid.emit_event(builder.create_custom("step", {"n": n})).event_id for n in range(80)]
+        wait_until(lambda: hybrid.stats()["acked"] == 80, timeout=20)
+        assert hybrid.finalize(timeout=20.0) is True  # the server confirms seq 1..80
+    assert served.arrival_seqs(builder.run_id) == list(range(1, 81))
+    assert set(ids) <= served.event_ids()
+
+
+def test_real_client_streaming_down_for_the_whole_run(aop_collector: object, tmp_path: object) -> None:
+    """With AOPClient as the base and no stream endpoint, every event still arrives, by batch."""
+    served = Served(aop_collector)
+    dead_url = f"ws://127.0.0.1:{closed_port()}/ws/trace/"
+    base = real_client(aop_collector, tmp_path, dead_url)
+    with HybridClient(base, **FAST) as hybrid:
+        builder = base.trace_builder  # type: ignore[attr-defined]
+        for n in range(60):
+            assert hybrid.emit_event(builder.create_custom("step", {"n": n}))
+        assert hybrid.finalize(timeout=20.0) is True
+        assert hybrid.stats()["acked"] == 0
+    assert sorted(served.arrival_seqs(builder.run_id)) == list(range(1, 61))
