@@ -162,7 +162,8 @@ def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
     t = event.get("t")
     if not isinstance(t, str) or not _RFC3339_MS.match(t):
         return f"t must be RFC 3339 UTC with milliseconds, got {t!r}"[:_MAX_REASON]
-    if event.get("type") not in EVENT_TYPES:
+    kind = event.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         return f"type must be one of {sorted(EVENT_TYPES)}, got {event.get('type')!r}"[:_MAX_REASON]
     if not isinstance(event.get("payload"), dict):
         return f"payload must be a JSON object, got {type(event.get('payload')).__name__}"

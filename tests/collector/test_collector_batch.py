@@ -104,7 +104,7 @@ def test_tampered_or_unsigned_events_are_rejected_individually(aop_collector) ->
 @pytest.mark.parametrize(
     "field, value",
     [("event_id", "not-a-uuid"), ("event_id", None), ("run_id", 12), ("agent_id", "7"), ("agent_id", True),
-     ("seq", 0), ("seq", 1.5), ("t", "2025-12-05 10:00:00"), ("type", "thinking"), ("payload", [1, 2])],
+     ("seq", 0), ("seq", 1.5), ("t", "2025-12-05 10:00:00"), ("type", "thinking"), ("type", ["reasoning"]), ("payload", [1, 2])],
 )
 def test_invalid_envelope_field_is_rejected_naming_the_field(aop_collector, field: str, value) -> None:
     """An envelope with a bad field (re-signed, so only the field is wrong) is rejected naming it."""
