@@ -167,23 +167,32 @@ class Flusher:
         return self._store_is_drained()
 
     def stop(self, timeout: float = 10.0, *, flush: bool = True) -> bool:
-        """Stop within ``timeout`` (after a final drain when leading and ``flush``); True if stopped with nothing left.
+        """Stop within ``timeout``, after a final drain when leading and ``flush``.
 
-        Undelivered events stay in the store; leased ones are released for the
-        next flusher. A non-leader reports only whether its thread stopped.
+        Returns True when the thread stopped in time and (with ``flush``) the
+        store holds nothing undelivered. Undelivered events stay in the store; leased ones are released for the
+        next flusher. A non-leader does not wait for the leader: it reports the
+        host-wide store state as it is.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         thread = self._thread
-        drained = True
-        if thread is not None and thread.is_alive() and flush and self.is_leader:
-            drained = self.flush(timeout=max(0.0, deadline - time.monotonic() - 0.05))
+        drained: Optional[bool] = None
+        if thread is not None and thread.is_alive() and flush:
+            # A thread that just started may not have campaigned yet: give it a poll or two to win.
+            settle = min(deadline, time.monotonic() + 2 * self.election_poll + 0.05)
+            while not self.is_leader and time.monotonic() < settle and self.election.is_leader is False:
+                self._stop.wait(0.01)
+            if self.is_leader:
+                drained = self.flush(timeout=max(0.0, deadline - time.monotonic() - 0.05))
         self._stop.set()
         self._wake.set()
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
-        return drained
+        if not flush:
+            return True
+        return self._store_is_drained() if drained is None else drained
 
     def stats(self) -> dict[str, Any]:
         """Delivery counters of this process's flusher, plus leadership, pause state and the last error."""
@@ -213,6 +222,7 @@ class Flusher:
                     continue
                 except Exception as e:  # the loop must survive anything the store or a bug throws
                     self._note_error(f"{type(e).__name__}: {e}", e)
+                    self._step_down()  # the next epoch returns whatever this one held to pending
                     self._stop.wait(_ERROR_PAUSE)
                     continue
                 if finished and one_shot:

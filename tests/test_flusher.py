@@ -337,7 +337,9 @@ def test_not_elected_flusher_never_touches_the_store() -> None:
         assert flusher.flush(timeout=0.3) is False
         assert store.states() == Counter({PENDING: 3}) and transport.posts == [] and not flusher.is_leader
     finally:
-        assert flusher.stop(timeout=2)
+        started = time.monotonic()
+        assert flusher.stop(timeout=2) is False  # stopped, but the store still holds undelivered events
+        assert time.monotonic() - started < 1.0
 
 
 def test_stats_and_repr_hold_no_secrets() -> None:
@@ -361,3 +363,11 @@ def test_parked_events_are_retried_every_fallback_interval() -> None:
         assert len(transport.posts) == 4
     finally:
         flusher.stop(timeout=5)
+
+
+def test_stop_right_after_start_still_delivers_what_is_stored() -> None:
+    """start() then stop() at once (batch_interval 60 s): the final drain sends everything and stop returns True."""
+    store, _ = filled_store(5)
+    flusher = make_flusher(store, ScriptedTransport(), batch_interval=60.0).start()
+    assert flusher.stop(timeout=5) is True
+    assert store.states() == Counter({DELIVERED: 5})
