@@ -1,0 +1,227 @@
+"""``aop status``, ``aop flush`` and ``aop dead-letters``: inspect and drain the host's spool."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import click
+import orjson
+
+from ._common import (
+    EXIT_SERVER,
+    EXIT_UNDELIVERED,
+    CliError,
+    build_config,
+    open_store,
+    server_options,
+    spool_options,
+)
+
+__all__ = ["status", "flush", "dead_letters", "status_report"]
+
+
+def status_report(store: Any, holder: Optional[dict]) -> dict:
+    """The status document of one store (pure apart from reading the store's stats)."""
+    st = store.stats()
+    return {
+        "spool": str(store.directory),
+        "pending": st.pending,
+        "in_flight": st.in_flight,
+        "dead_letters": st.dead_letters,
+        "fallback": st.fallback,
+        "retained": st.delivered_retained,
+        "quarantined": st.quarantined,
+        "dropped": dict(st.dropped),
+        "bytes_on_disk": st.bytes_on_disk,
+        "oldest_pending_age_s": st.oldest_pending_age,
+        "flusher": holder if holder and holder.get("alive") else None,
+    }
+
+
+def _holder(spool: Any) -> Optional[dict]:
+    from ..election import FlusherElection
+
+    return FlusherElection(spool).holder()
+
+
+def _flusher_text(holder: Optional[dict]) -> str:
+    if not holder:
+        return "none"
+    since = holder.get("since")
+    age = f", for {time.time() - since:.1f} s" if since else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{age}"
+
+
+@click.command()
+@spool_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], as_json: bool) -> None:
+    """Show pending, in-flight, dead-letter, fallback and retained events and the current flusher."""
+    config = build_config(spool, base_url, api_key)
+    store = open_store(config)
+    try:
+        report = status_report(store, _holder(config.spool_path))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"aop spool {report['spool']}", show_header=False)
+    age = report["oldest_pending_age_s"]
+    rows = [
+        ("pending", report["pending"]), ("in flight", report["in_flight"]),
+        ("dead letters", report["dead_letters"]), ("fallback", report["fallback"]),
+        ("retained (delivered)", report["retained"]), ("quarantined", report["quarantined"]),
+        ("dropped", sum(report["dropped"].values())), ("bytes on disk", report["bytes_on_disk"]),
+        ("oldest pending", "-" if age is None else f"{age:.1f} s"),
+        ("current flusher", _flusher_text(report["flusher"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+def _undelivered(store: Any) -> int:
+    st = store.stats()
+    return st.pending + st.in_flight + st.fallback
+
+
+@click.command()
+@spool_options
+@server_options
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds to keep trying before giving up")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], key: Optional[str],
+          timeout: float, quiet: bool) -> None:
+    """Deliver every stored event now (fallback included); exit 1 (or 3 if the server refuses) when some remain."""
+    from ..client import AOPClient
+
+    config = build_config(spool, base_url, api_key, key)
+    store = open_store(config)
+    try:
+        total = _undelivered(store)
+        holder = _holder(config.spool_path)
+    finally:
+        store.close()
+    if holder and holder.get("alive") and not quiet:
+        click.echo(f"another process ({_flusher_text(holder)}) is the flusher; waiting for its drain", err=True)
+    client = AOPClient(config)
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def drain() -> None:
+        try:
+            result["drained"] = client.flush(timeout=timeout)
+        except Exception as e:  # reported below as one line
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=drain, name="aop-cli-flush", daemon=True).start()
+    _progress(client, total, done, quiet)
+    stats = client.get_stats()
+    client.stop(timeout=2.0)
+    left = _undelivered(client.store)
+    client.store.close()
+    if "error" in result:
+        raise result["error"]
+    delivered = stats.get("delivered", 0)
+    if left:
+        why = stats.get("last_error")
+        code = EXIT_SERVER if why and not delivered else EXIT_UNDELIVERED
+        raise CliError(f"{left} events remain undelivered after {timeout:g} s"
+                       + (f" (last error: {why})" if why else ""), code)
+    click.echo(f"flushed: {delivered} delivered, {stats.get('duplicates', 0)} duplicates, "
+               f"{stats.get('dead_letters', 0)} dead letters, 0 remaining")
+
+
+def _progress(client: Any, total: int, done: threading.Event, quiet: bool) -> None:
+    """Show a progress bar of delivered events until ``done`` is set."""
+    if quiet or not total:
+        done.wait()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("flushing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_stderr_console(), transient=False) as bar:
+        task = bar.add_task("flush", total=total)
+        while not done.wait(0.1):
+            bar.update(task, completed=max(0, total - _undelivered(client.store)))
+        bar.update(task, completed=max(0, total - _undelivered(client.store)))
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@click.group(name="dead-letters")
+def dead_letters() -> None:
+    """List, retry or purge the events the server refused for good."""
+
+
+@dead_letters.command(name="list")
+@spool_options
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per dead letter, one per line")
+def dl_list(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], as_json: bool) -> None:
+    """List every dead letter with its reason."""
+    store = open_store(build_config(spool, base_url, api_key))
+    try:
+        letters = store.dead_letters()
+    finally:
+        store.close()
+    for d in letters:
+        row = {"event_id": d.event_id, "run_id": d.run_id, "seq": d.seq, "reason": d.reason, "at": d.at}
+        if as_json:
+            click.echo(orjson.dumps(row).decode())
+        else:
+            click.echo(f"{d.event_id}  run {d.run_id} seq {d.seq}  {d.reason}")
+    if not as_json:
+        click.echo(f"{len(letters)} dead letters", err=True)
+
+
+def _ids(ids: tuple[str, ...]) -> Optional[list[str]]:
+    return list(ids) if ids else None
+
+
+@dead_letters.command(name="retry")
+@spool_options
+@click.option("--id", "ids", multiple=True, metavar="EVENT_ID", help="retry only these (repeatable); default all")
+def dl_retry(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], ids: tuple[str, ...]) -> None:
+    """Return dead letters to pending; the next flush (or `aop flush`) sends them again."""
+    store = open_store(build_config(spool, base_url, api_key))
+    try:
+        n = store.retry_dead_letters(_ids(ids))
+    finally:
+        store.close()
+    click.echo(f"{n} dead letters returned to pending")
+    if ids and n < len(set(ids)):
+        raise CliError(f"{len(set(ids)) - n} of the given event ids are not dead letters")
+
+
+@dead_letters.command(name="purge")
+@spool_options
+@click.option("--id", "ids", multiple=True, metavar="EVENT_ID", help="purge only these (repeatable); default all")
+@click.option("--yes", is_flag=True, help="do it without asking (required when stdin is not a terminal)")
+def dl_purge(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], ids: tuple[str, ...],
+             yes: bool) -> None:
+    """Delete dead letters for good (asks first, unless --yes)."""
+    store = open_store(build_config(spool, base_url, api_key))
+    try:
+        target = len(store.dead_letters()) if not ids else len(set(ids))
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CliError(f"refusing to delete {target} dead letters without --yes")
+            click.confirm(f"Delete {target} dead letters for good?", abort=True, err=True)
+        n = store.purge_dead_letters(_ids(ids))
+    finally:
+        store.close()
+    click.echo(f"{n} dead letters purged")
