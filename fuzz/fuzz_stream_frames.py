@@ -1,4 +1,4 @@
-"""Fuzz harness for the stream's parsers: server frames and event framing.
+"""Fuzz harness for the stream's parsers: server ack frames, event framing and raw WebSocket frames.
 
 Invariant: each call returns a valid value or raises ValidationError, never
 anything else. Examples per test from env AOP_FUZZ_EXAMPLES (default 200).
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aop_client.errors import ValidationError
 from aop_client.streaming.frames import Ack, Nack, OutgoingEvent, encode_event, parse_server_frame
+from aop_client.streaming.ws_codec import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader
 
 FUZZ = settings(max_examples=int(os.environ.get("AOP_FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=list(HealthCheck))
 json_values = st.recursive(
@@ -45,3 +46,16 @@ def fuzz_encode_event(raw: object) -> None:
     assert isinstance(framed, OutgoingEvent) and b"\n" not in framed.body
     envelope = orjson.loads(framed.body)
     assert envelope["event_id"] == framed.event_id and envelope["run_id"] == framed.run_id
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def fuzz_frame_reader(chunks: list[bytes]) -> None:
+    """FrameReader.feed returns (opcode, bytes) messages with known opcodes, or raises ValidationError."""
+    reader = FrameReader(max_message=4096)
+    try:
+        for chunk in chunks:
+            for opcode, payload in reader.feed(chunk):
+                assert opcode in (OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG) and isinstance(payload, bytes)
+    except ValidationError:
+        return

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson

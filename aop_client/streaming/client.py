@@ -19,34 +19,21 @@ the source of truth.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import ssl
-import struct
 import threading
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import orjson
-
-from .._version import __version__
-from ..errors import ConfigError, StreamingUnavailableError, TransportError, ValidationError
-from .frames import Ack, OutgoingEvent, encode_event, http_stream_url, parse_server_frame, reconnect_delay, websocket_url
+from ..errors import ConfigError, StreamingUnavailableError, TransportError
+from .frames import OutgoingEvent, encode_event, http_stream_url, reconnect_delay, websocket_url
+from .http_mode import HttpMode
 from .outbox import Outbox
-from .ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, encode_client_frame
+from .ws_mode import WebSocketMode
 
 __all__ = ["StreamingClient"]
 
 log = logging.getLogger("aop_client.streaming")
 
 _MODES = ("websocket", "http")
-_SEND_BURST = 512
-_RECV_BYTES = 256 * 1024
-
-
-class _ConnectionLost(Exception):
-    """Internal: the current connection must be dropped and re-opened (reason in args[0])."""
-
 
 def _load_websocket() -> Any:
     try:
@@ -65,7 +52,7 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-class StreamingClient:
+class StreamingClient(WebSocketMode, HttpMode):
     """Real-time event stream over WebSocket or chunked HTTP, with a bounded buffer and reconnects."""
 
     def __init__(
@@ -255,219 +242,3 @@ class StreamingClient:
         self._last_status = getattr(error, "status", None)
         self._connected.clear()
         self._attempted.set()
-
-    # -- WebSocket mode --
-
-    def _open_websocket(self, run_id: str) -> Any:
-        ws_lib = self._ws_lib
-        sslopt = None if self._verify_ssl else {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-        try:
-            ws = ws_lib.create_connection(
-                websocket_url(self._url, run_id),
-                timeout=self._connect_timeout,
-                header=[f"Authorization: Bearer {self._api_key}", f"User-Agent: aop-client/{__version__}"],
-                sslopt=sslopt,
-                skip_utf8_validation=True,
-                enable_multithread=False,
-            )
-        except ws_lib.WebSocketBadStatusException as e:
-            raise TransportError(f"stream handshake refused with HTTP {e.status_code}", status=e.status_code) from e
-        except (ws_lib.WebSocketException, OSError) as e:
-            raise TransportError(f"cannot open stream for run {run_id}: {type(e).__name__}: {e}") from e
-        ws.settimeout(max(self._ack_timeout, 1.0))
-        return ws
-
-    def _run_websocket(self) -> None:
-        attempt = 0
-        run = self._run_id
-        while not self._finished():
-            if run is None:
-                run = self._outbox.head_run()
-                if run is None:
-                    self._outbox.wait(0.5)
-                    continue
-            if attempt:
-                self._backoff(attempt - 1)
-                if self._stop_now.is_set():
-                    break
-            try:
-                ws = self._open_websocket(run)
-            except TransportError as e:
-                attempt += 1
-                self._failed(e)
-                if self._stop.is_set():
-                    break  # closing: the batch path has every event
-                continue
-            self._connects += 1
-            self._reconnects += self._connects > 1
-            self._current_run = run
-            attempt = 0
-            self._connected.set()
-            self._attempted.set()
-            try:
-                run = self._serve_websocket(ws, run)
-            except (_ConnectionLost, OSError, self._ws_lib.WebSocketException) as e:
-                attempt = 1
-                self._failed(e.args[0] if isinstance(e, _ConnectionLost) else e)
-                log.info("stream connection lost (%s); reconnecting", self._last_error)
-            except Exception as e:  # a bug or an odd frame must not end streaming for good
-                attempt = 1
-                self._failed(e)
-                log.exception("stream I/O failed unexpectedly; reconnecting")
-            finally:
-                self._connected.clear()
-                self._close_websocket(ws)
-                self._outbox.requeue_inflight()
-        self._connected.clear()
-
-    def _serve_websocket(self, ws: Any, run: str) -> str:
-        """Pump one connection; returns the next run's id when the run changes, raises on connection loss."""
-        sock = ws.sock
-        tls = isinstance(sock, ssl.SSLSocket)
-        reader = FrameReader()
-        box = self._outbox
-        now = time.monotonic()
-        last_rx = last_ping = now
-        switch_since: float | None = None
-        while True:
-            if self._finished():
-                return run
-            now = time.monotonic()
-            head = box.head_run()
-            if head is not None and head != run:
-                switch_since = switch_since or now
-                if box.counts()[1] == 0 or now - switch_since > self._ack_timeout:
-                    box.abandon_inflight()
-                    return head
-            batch = box.take(run, _SEND_BURST, now)
-            if batch:
-                masks = os.urandom(4 * len(batch))
-                sock.sendall(b"".join(encode_client_frame(OP_TEXT, e.body, masks[4 * i : 4 * i + 4]) for i, e in enumerate(batch)))
-            if now - last_ping >= self._ping_interval:
-                sock.sendall(encode_client_frame(OP_PING, b"", os.urandom(4)))
-                last_ping = now
-            if now - last_rx > 2 * self._ping_interval + self._ack_timeout:
-                raise _ConnectionLost(f"no frame from the server for {now - last_rx:.1f}s")
-            if box.oldest_inflight_age(now) > self._ack_timeout:
-                raise _ConnectionLost(f"no ack for {box.oldest_inflight_age(now):.1f}s (stalled)")
-            wait = 0.0 if len(batch) == _SEND_BURST else min(self._ping_interval, self._ack_timeout, 0.5)
-            if not box.wait(wait, [sock], ignore_pending=switch_since is not None) and not (tls and sock.pending()):
-                continue
-            data = sock.recv(_RECV_BYTES)
-            while tls and sock.pending():
-                data += sock.recv(_RECV_BYTES)
-            if not data:
-                raise _ConnectionLost("server closed the connection")
-            last_rx = time.monotonic()
-            try:
-                messages = reader.feed(data)
-            except ValidationError as e:
-                raise _ConnectionLost(f"protocol error from the server: {e}") from e
-            acks: list[str] = []
-            for opcode, payload in messages:
-                if opcode == OP_TEXT:
-                    try:
-                        answer = parse_server_frame(payload)
-                    except ValidationError as e:
-                        log.warning("ignoring unreadable stream frame: %s", e)
-                        continue
-                    if isinstance(answer, Ack):
-                        acks.append(answer.event_id)
-                    else:
-                        self._deliver_acks(acks)
-                        acks = []
-                        self._deliver_nack(answer.event_id, answer.reason)
-                elif opcode == OP_PING:
-                    sock.sendall(encode_client_frame(OP_PONG, payload, os.urandom(4)))
-                elif opcode == OP_CLOSE:
-                    self._deliver_acks(acks)
-                    raise _ConnectionLost("server closed the stream")
-            self._deliver_acks(acks)
-
-    @staticmethod
-    def _close_websocket(ws: Any) -> None:
-        """Send a normal close frame (best effort) and drop the socket without waiting."""
-        sock = ws.sock
-        try:
-            if sock is not None:
-                sock.settimeout(0.2)
-                sock.sendall(encode_client_frame(OP_CLOSE, struct.pack("!H", 1000), os.urandom(4)))
-        except OSError:
-            pass
-        try:
-            ws.shutdown()
-        except Exception:
-            pass
-
-    # -- chunked HTTP mode --
-
-    def _run_http(self) -> None:
-        import urllib3
-
-        pool = urllib3.PoolManager(
-            cert_reqs="CERT_REQUIRED" if self._verify_ssl else "CERT_NONE",
-            retries=False,
-            timeout=urllib3.Timeout(connect=self._connect_timeout, read=self._ack_timeout),
-        )
-        headers = {
-            "Authorization": f"Bearer {self._api_key}",
-            "Content-Type": "application/x-ndjson",
-            "User-Agent": f"aop-client/{__version__}",
-        }
-        attempt = 0
-        try:
-            while not self._finished():
-                if self._outbox.head_run() is None:
-                    self._outbox.wait(0.5)
-                    continue
-                if attempt:
-                    self._backoff(attempt - 1)
-                    if self._stop_now.is_set():
-                        break
-                sent: list[str] = []
-                try:
-                    response = pool.urlopen("POST", self._url, body=self._http_body(sent), headers=headers, chunked=True, preload_content=True, redirect=False)
-                    self._settle_http(response.status, response.data, sent)
-                except (urllib3.exceptions.HTTPError, OSError, TransportError) as e:
-                    self._outbox.requeue_inflight()
-                    attempt += 1
-                    self._failed(e)
-                    if self._stop.is_set():
-                        break
-                    continue
-                attempt = 0
-                self._connects += 1
-                self._connected.set()
-                self._attempted.set()
-        finally:
-            self._connected.clear()
-            pool.clear()
-
-    def _http_body(self, sent: list[str]) -> Iterator[bytes]:
-        """The NDJSON body of one streamed request: events for up to ``http_window`` seconds."""
-        box = self._outbox
-        started = time.monotonic()
-        while True:
-            now = time.monotonic()
-            run = box.head_run()
-            batch = box.take(run, _SEND_BURST, now) if run is not None else []
-            if batch:
-                sent.extend(event.event_id for event in batch)
-                yield b"".join(event.body + b"\n" for event in batch)
-                continue
-            left = self._http_window - (now - started)
-            if left <= 0 or self._stop.is_set() or self._stop_now.is_set():
-                return
-            box.wait(left)
-
-    def _settle_http(self, status: int, data: bytes, sent: list[str]) -> None:
-        if status != 200:
-            raise TransportError(f"stream request answered HTTP {status}", status=status)
-        try:
-            doc = orjson.loads(data)
-            rejected = {item["event_id"]: str(item.get("reason", "rejected")) for item in doc.get("rejected", [])}
-        except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError) as e:
-            raise TransportError(f"stream response is not a batch response: {data[:80]!r}", status=status) from e
-        for event_id, reason in rejected.items():
-            self._deliver_nack(event_id, reason)
-        self._deliver_acks([event_id for event_id in sent if event_id not in rejected])

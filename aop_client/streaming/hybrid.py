@@ -53,6 +53,7 @@ class HybridClient:
         self._entered = False
         self._finalized = False
         self.marked_delivered = 0
+        self.mark_failures = 0
 
     def __repr__(self) -> str:
         return f"HybridClient(stream={self.stream!r})"
@@ -104,8 +105,11 @@ class HybridClient:
         """Stream thread: record acknowledged events as delivered in the store."""
         try:
             self.marked_delivered += int(self.base_client.mark_delivered(event_ids) or 0)
-        except Exception:
-            log.warning("could not mark %d streamed events delivered; batch upload will resend them", len(event_ids), exc_info=True)
+        except Exception as e:  # the batch path resends them; the server dedupes
+            self.mark_failures += 1
+            level = logging.WARNING if self.mark_failures == 1 else logging.DEBUG
+            log.log(level, "could not mark %d streamed events delivered (%s: %s); batch upload will resend them",
+                    len(event_ids), type(e).__name__, e)
 
     def finalize(self, timeout: float = 30.0) -> bool:
         """Give the stream a bounded moment to finish, then let the base client deliver the rest by batch."""
@@ -123,4 +127,5 @@ class HybridClient:
         """The stream's counters plus ``marked_delivered`` (events settled by stream acks)."""
         stats = self.stream.stats()
         stats["marked_delivered"] = self.marked_delivered
+        stats["mark_failures"] = self.mark_failures
         return stats
