@@ -361,9 +361,9 @@ class DiskStore:
         with self._lock:
             ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
             rows = conn.execute(
-                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_id = ? AND state IN ({','.join('?' * len(wanted))})"
+                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_key = ? AND run_id = ? AND state IN ({','.join('?' * len(wanted))})"
                 " ORDER BY seq, ord",
-                (run_id, *wanted),
+                (state.run_key(run_id), run_id, *wanted),
             ).fetchall()
             events = self._materialize(conn, rows)
         return iter(events)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from zlib import crc32 as crc
 
 from . import state
 from .records import HEADER, HEADER_SIZE, Damage, Record, decode_run
@@ -125,10 +126,10 @@ def ingest_pass(
         taken.sort(key=lambda t: (t[0], t[1], t[2].offset))
         if taken:
             conn.executemany(
-                "INSERT INTO events(ord, seg, off, len, body_len, event_id, run_id, seq, appended_at, state)"
-                " VALUES (?,?,?,?,?,?,?,?,?,0)",
+                "INSERT INTO events(ord, seg, off, len, body_len, event_id, run_id, run_key, seq, appended_at, state)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,0)",
                 [
-                    (r.ord_ns, sid, r.offset, r.length, r.body_len, r.event_id, r.run_id, r.seq, r.appended_at)
+                    (r.ord_ns, sid, r.offset, r.length, r.body_len, r.event_id, r.run_id, crc(r.run_id.encode()), r.seq, r.appended_at)
                     for _, sid, r in taken
                 ],
             )
