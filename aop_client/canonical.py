@@ -17,8 +17,9 @@ integer range and floats, and picks an encoder:
   keys by code point, which equals UTF-16 order unless a key holds a character at
   or above U+E000 (checked afterwards, only when the output holds such a character;
   then objects are re-sorted by UTF-16 code units);
-* ``_FLOATS`` - some other float (1.0, 1e16, 1e-7, -0.0 ...): a copy with objects
-  pre-sorted and floats as ``orjson.Fragment`` of their ECMAScript form (:func:`es6_number`);
+* ``_FLOATS`` - some other float (1.0, 1e16, 1e-7, -0.0 ...): the containers on the
+  way to each float are copied with the float as an ``orjson.Fragment`` of its
+  ECMAScript form (:func:`es6_number`);
 * ``_SLOW`` - subclasses of the JSON types and anything else: the reference
   ``rfc8785.dumps`` itself, which is also used whenever orjson refuses a value.
 
@@ -64,6 +65,7 @@ _isfinite = math.isfinite
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _UTF16_ORDER_RISK = "\ue000"  # keys with a char >= this may sort differently in UTF-16
 _HIGH_UTF8 = re.compile(b"[\xee-\xf4]")  # UTF-8 lead bytes of U+E000 and above
+_TWO_53 = 9007199254740992.0
 _TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels"
 _BIG_INT = "integer outside +-(2**53-1) cannot be represented exactly"
 _NOT_FINITE = "NaN and infinities are not JSON"
@@ -202,11 +204,13 @@ def _has_utf16_order_risk(value: Any) -> bool:
 
 def es6_number(value: float) -> str:
     """Format a finite float as ECMAScript Number.prototype.toString does (RFC 8785 section 3.2.2.3)."""
+    if type(value) is not float:
+        value = float(value)
+    if value.is_integer() and -_TWO_53 < value < _TWO_53:
+        return str(int(value))  # exact and shortest below 2**53; -0.0 gives "0" as RFC 8785 requires
     if not _isfinite(value):
         raise ValidationError(f"(root): NaN and infinities are not JSON: {value!r}", field="(root)", value=value)
-    if value == 0:
-        return "0"  # also -0.0, as RFC 8785 requires
-    text = repr(float(value))  # shortest round-trip digits, as ECMAScript requires
+    text = repr(value)  # shortest round-trip digits, as ECMAScript requires
     if "e" not in text:  # 1e-4 <= |value| < 1e16: plain decimal, same digits as ECMAScript
         return text[:-2] if text.endswith(".0") else text
     sign = ""
@@ -254,25 +258,70 @@ def large_integers_as_doubles(value: Any) -> Any:
     return value
 
 
+def _needs_fragment(value: float) -> bool:
+    """True for floats that orjson writes differently from ECMAScript (the scan's _FLOATS case)."""
+    return not ((1e-4 <= value < 1e16 or -1e16 < value <= -1e-4) and not value.is_integer())
+
+
+def _with_float_fragments(value: Any) -> Any:
+    """The value with each float orjson would misformat replaced by an ECMAScript Fragment.
+
+    Only the containers on the way to such a float are copied; the rest is shared.
+    """
+    t = type(value)
+    if t is dict:
+        copy = None
+        for key, item in value.items():
+            kind = type(item)
+            if kind is float:
+                if _needs_fragment(item):
+                    if copy is None:
+                        copy = dict(value)
+                    copy[key] = _Fragment(es6_number(item).encode())
+            elif kind is dict or kind is list or kind is tuple:
+                replaced = _with_float_fragments(item)
+                if replaced is not item:
+                    if copy is None:
+                        copy = dict(value)
+                    copy[key] = replaced
+        return value if copy is None else copy
+    if t is list or t is tuple:
+        items = None
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind is float:
+                if not _needs_fragment(item):
+                    continue
+                replaced = _Fragment(es6_number(item).encode())
+            elif kind is dict or kind is list or kind is tuple:
+                replaced = _with_float_fragments(item)
+                if replaced is item:
+                    continue
+            else:
+                continue
+            if items is None:
+                items = list(value)
+            items[index] = replaced
+        return value if items is None else items
+    if t is float:
+        return _Fragment(es6_number(value).encode())
+    return value
+
+
 def _utf16_key(item: tuple[str, Any]) -> bytes:
     return item[0].encode("utf-16-be")
 
 
-def _rebuilt(value: Any, utf16_order: bool) -> Any:
-    """Copy of an exact-typed value, objects in RFC 8785 key order, floats as ECMAScript Fragments."""
+def _rebuilt_in_utf16_order(value: Any) -> Any:
+    """Copy of an exact-typed value, objects in UTF-16 key order (RFC 8785), floats as Fragments."""
     t = type(value)
     if t is float:
         return _Fragment(es6_number(value).encode())
     if t is dict:
-        items = sorted(value.items(), key=_utf16_key) if utf16_order else sorted(value.items(), key=_first)
-        return {key: _rebuilt(item, utf16_order) for key, item in items}
+        return {key: _rebuilt_in_utf16_order(item) for key, item in sorted(value.items(), key=_utf16_key)}
     if t is list or t is tuple:
-        return [_rebuilt(item, utf16_order) for item in value]
+        return [_rebuilt_in_utf16_order(item) for item in value]
     return value
-
-
-def _first(item: tuple[str, Any]) -> str:
-    return item[0]
 
 
 def _located_error(value: Any, cause: BaseException | None) -> ValidationError:
@@ -309,9 +358,9 @@ def canonical_json(value: Any) -> bytes:
         if flags == _FAST:
             encoded = _dumps(value, option=_ORJSON_OPTIONS)
         else:
-            encoded = _dumps(_rebuilt(value, False), option=orjson.OPT_STRICT_INTEGER)
+            encoded = _dumps(_with_float_fragments(value), option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: non-str key, lone surrogate ... or unsortable keys
         return _reference(value)
     if not encoded.isascii() and _HIGH_UTF8.search(encoded) and _has_utf16_order_risk(value):
-        return _dumps(_rebuilt(value, True), option=orjson.OPT_STRICT_INTEGER)
+        return _dumps(_rebuilt_in_utf16_order(value), option=orjson.OPT_STRICT_INTEGER)
     return encoded
