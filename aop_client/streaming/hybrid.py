@@ -23,6 +23,12 @@ __all__ = ["HybridClient"]
 log = logging.getLogger("aop_client.streaming")
 
 
+def _current_run(base_client: Any) -> str | None:
+    """The run the base client's trace builder is on (the stream opens its URL at once), if it has one."""
+    run_id = getattr(getattr(base_client, "trace_builder", None), "run_id", None)
+    return run_id if isinstance(run_id, str) else None
+
+
 class HybridClient:
     """Stream events in real time and upload the rest by batch; use it as a context manager."""
 
@@ -33,12 +39,14 @@ class HybridClient:
         streaming_mode: str | None = None,
         *,
         stream_flush_timeout: float = 2.0,
+        connect_wait: float = 1.0,
         **stream_options: Any,
     ) -> None:
         """Wrap ``base_client`` (an AOPClient); URL and mode default to its config's streaming settings."""
         config = base_client.config
         self.base_client = base_client
         self.stream_flush_timeout = stream_flush_timeout
+        self.connect_wait = connect_wait
         mode = streaming_mode or getattr(config, "streaming_mode", "websocket")
         url = streaming_url or getattr(config, "effective_streaming_url", None)
         self.stream = StreamingClient(
@@ -48,7 +56,7 @@ class HybridClient:
             base_url=config.base_url if mode == "http" else None,
             verify_ssl=config.verify_ssl,
             on_ack_batch=self._mark_delivered,
-            **stream_options,
+            **{"run_id": _current_run(base_client), **stream_options},
         )
         self._entered = False
         self._finalized = False
@@ -64,7 +72,7 @@ class HybridClient:
         """Start the base client and open the stream (a stream failure is logged, never raised)."""
         self.base_client.start()
         try:
-            self.stream.connect()
+            self.stream.connect(timeout=self.connect_wait)
         except AOPError as e:
             log.warning("streaming unavailable, events go by batch upload: %s", e)
         self._entered = True
