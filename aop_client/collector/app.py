@@ -94,7 +94,7 @@ async def _strike(state: CollectorState, request: web.Request, fault: Fault, **f
     record_fields = dict(fields, fault=fault.kind.value, fault_stage=fault.stage.value)
     if fault.kind is FaultKind.SLOW:
         await asyncio.sleep(faults.slow_delay)
-        return None
+        return None  # the normal answer follows, logged with fault="slow"
     state.storage.log_request(_record(request, fault.status, **record_fields))
     if fault.kind is FaultKind.DROP:
         return await _drop_connection(request)
@@ -105,6 +105,12 @@ async def _strike(state: CollectorState, request: web.Request, fault: Fault, **f
     if fault.kind in (FaultKind.TOO_MANY_429, FaultKind.ERROR_503) and faults.retry_after is not None:
         headers = {"Retry-After": "%g" % faults.retry_after}
     return _json(fault.status or 500, {"error": f"injected fault {fault.kind.value}"}, headers)
+
+
+def _slow_marker(fault: Optional[Fault]) -> dict:
+    if fault is None or fault.kind is not FaultKind.SLOW:
+        return {}
+    return {"fault": fault.kind.value, "fault_stage": fault.stage.value}
 
 
 def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
@@ -162,7 +168,7 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
         response = await _strike(state, request, fault, **fields)
         if response is not None:
             return response
-    state.storage.log_request(_record(request, status, **fields))
+    state.storage.log_request(_record(request, status, **fields, **_slow_marker(fault)))
     return _json(status, answer)
 
 
@@ -202,7 +208,7 @@ async def handle_complete(request: web.Request) -> web.StreamResponse:
         response = await _strike(state, request, fault, **fields)
         if response is not None:
             return response
-    state.storage.log_request(_record(request, 200, **fields))
+    state.storage.log_request(_record(request, 200, **fields, **_slow_marker(fault)))
     return _json(200, answer)
 
 

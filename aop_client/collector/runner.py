@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +244,9 @@ class CollectorProcess(_Queries):
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.storage.close()
+        if self._temp_dir is not None:  # a database we invented: nobody can ask for it any more
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
 
     def __enter__(self) -> "CollectorProcess":
         return self

@@ -177,9 +177,23 @@ class CollectorStorage:
 
     # -- queries --
 
-    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+    def _select(self, sql: str, args: Iterable[Any] = ()) -> tuple[list[str], list[tuple]]:
+        # After close() a file database stays queryable (tests read it after stopping the server).
         with self._lock:
-            return self._conn.execute(sql, tuple(args)).fetchall()
+            if not self._closed:
+                cursor = self._conn.execute(sql, tuple(args))
+                return [d[0] for d in cursor.description], cursor.fetchall()
+        if self.db_path is None:
+            raise StoreError("the in-memory collector database is closed; its data is gone")
+        conn = sqlite3.connect(self.db_path, timeout=30.0)
+        try:
+            cursor = conn.execute(sql, tuple(args))
+            return [d[0] for d in cursor.description], cursor.fetchall()
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        return self._select(sql, args)[1]
 
     def run_seqs(self, run_id: str, last_seq: Optional[int] = None) -> list[int]:
         """The seqs held for ``run_id`` (up to ``last_seq``), ascending."""
@@ -215,10 +229,7 @@ class CollectorStorage:
 
     def request_log(self) -> list[dict]:
         """Every logged request, oldest first, as dicts (column name -> value)."""
-        with self._lock:
-            cursor = self._conn.execute("SELECT * FROM requests ORDER BY id")
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
+        names, rows = self._select("SELECT * FROM requests ORDER BY id")
         out = []
         for row in rows:
             item = dict(zip(names, row))

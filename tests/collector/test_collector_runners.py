@@ -179,3 +179,13 @@ def test_websocket_stream_events_land_in_the_same_database(aop_collector) -> Non
     assert acks == [{"ack": e["event_id"]} for e in events]
     assert aop_collector.events(run_id) == events
     assert post_batch(aop_collector, events)[1]["duplicates"] == 2
+
+
+def test_queries_still_answer_after_stop(aop_collector_factory) -> None:
+    """A stopped collector's record stays readable from its handle (the SQLite file outlives the server)."""
+    collector = aop_collector_factory()
+    run_id, events = make_run(2, collector.org_salt_key)
+    post_batch(collector, events)
+    collector.stop()
+    assert collector.events(run_id) == events
+    assert [r["status"] for r in collector.request_log()] == [200]
