@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import click
 
+from .._version import __version__
 from ..errors import AOPError
 from ._common import EXIT_BAD_INPUT, EXIT_CODES_HELP, CliError, exit_code_for
 from .demo_cmd import demo
@@ -39,7 +40,7 @@ __all__ = ["main", "cli", "CliError"]
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="aop-client", message="aop %(version)s")
+@click.version_option(version=__version__, prog_name="aop", message="aop %(version)s")
 @click.option("--debug", is_flag=True, help="show tracebacks of errors")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -100,13 +100,14 @@ def _undelivered(store: Any) -> int:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], key: Optional[str],
           timeout: float, quiet: bool) -> None:
-    """Deliver every stored event now (fallback included); exit 1 (or 3 if the server refuses) when some remain."""
+    """Deliver every stored event now (fallback included); exit 1 when some remain or were refused (3: server unreachable/refusing)."""
     from ..client import AOPClient
 
     config = build_config(spool, base_url, api_key, key)
     store = open_store(config)
     try:
         total = _undelivered(store)
+        dead_before = store.stats().dead_letters
         holder = _holder(config.spool_path)
     finally:
         store.close()
@@ -129,6 +130,7 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
     stats = client.get_stats()
     client.stop(timeout=2.0)
     left = _undelivered(client.store)
+    new_dead = client.store.stats().dead_letters - dead_before
     client.store.close()
     if "error" in result:
         raise result["error"]
@@ -139,7 +141,10 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
         raise CliError(f"{left} events remain undelivered after {timeout:g} s"
                        + (f" (last error: {why})" if why else ""), code)
     click.echo(f"flushed: {delivered} delivered, {stats.get('duplicates', 0)} duplicates, "
-               f"{stats.get('dead_letters', 0)} dead letters, 0 remaining")
+               f"{max(0, new_dead)} new dead letters, 0 remaining")
+    if new_dead > 0:
+        raise CliError(f"the server refused {new_dead} events for good; see `aop dead-letters list`",
+                       EXIT_UNDELIVERED)
 
 
 def _progress(client: Any, total: int, done: threading.Event, quiet: bool) -> None:
