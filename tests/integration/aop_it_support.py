@@ -162,10 +162,10 @@ def start_process(args: list[str], env: dict[str, str], log_path: Path, **kw) ->
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
-    """Send sig to proc's process group, wait up to timeout, then SIGKILL the group; returns the exit code."""
+    """Send sig to proc (as a supervisor would), wait up to timeout, then SIGKILL its group; returns the exit code."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, sig)
+            os.kill(proc.pid, sig)
         except ProcessLookupError:
             pass
         try:
