@@ -53,7 +53,7 @@ EVENT = {
         "uncertainty": "low",
     },
 }
-# Same event with an integral float (orjson.Fragment path) and with a U+E000 key (rfc8785 fallback path).
+# Same event with an integral float (orjson.Fragment path) and with a U+E000 key (UTF-16 re-sort path).
 EVENT_INTEGRAL_FLOAT = {**EVENT, "payload": {**EVENT["payload"], "confidence": 1.0}}
 EVENT_HIGH_KEY = {**EVENT, "payload": {**EVENT["payload"], "\ue000": "private use"}}
 
@@ -140,7 +140,7 @@ def main() -> None:
          lambda: json.dumps(EVENT, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()),
         ("orjson.dumps(OPT_SORT_KEYS) (not RFC 8785, floor)", lambda: orjson.dumps(EVENT, option=orjson.OPT_SORT_KEYS)),
         ("canonical_json, integral float (Fragment path)", lambda: canonical_json(EVENT_INTEGRAL_FLOAT)),
-        ("canonical_json, U+E000 key (rfc8785 fallback)", lambda: canonical_json(EVENT_HIGH_KEY)),
+        ("canonical_json, U+E000 key (UTF-16 re-sort path)", lambda: canonical_json(EVENT_HIGH_KEY)),
     ], rounds, "rfc8785.dumps (reference)")
     report("Signing the 355-byte event end to end", [
         ("signed_body (ours)", lambda: signed_body(EVENT, KEY)),
