@@ -180,6 +180,15 @@ class FlusherElection:
             self._closed = True
         _live_elections.discard(self)
 
+    def __del__(self) -> None:
+        # An unreachable leader must not keep the host's flusher lock until the process exits.
+        fd = getattr(self, "_fd", None)
+        if fd is not None and getattr(self, "_owner_pid", None) == os.getpid():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def __enter__(self) -> "FlusherElection":
         return self
 
@@ -209,7 +218,12 @@ class FlusherElection:
         return False
 
     def holder(self) -> Optional[dict[str, Any]]:
-        """The recorded holder {pid, host, since, alive}, or None when no holder was ever recorded."""
+        """The recorded holder {pid, host, since, alive}, or None when no holder is recorded.
+
+        ``alive`` comes from probing the lock (a momentary shared flock on a new
+        descriptor), not from the pid. The probe can make one concurrent
+        ``try_acquire`` of another process fail; its next poll succeeds.
+        """
         if self.is_leader:
             return {"pid": os.getpid(), "host": socket.gethostname(), "since": self._since, "alive": True}
         try:

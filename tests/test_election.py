@@ -342,3 +342,14 @@ class ElectionMachine(RuleBasedStateMachine):
 
 ElectionMachine.TestCase.settings = settings(max_examples=200 if SOAK else 40, stateful_step_count=30, deadline=None)
 TestElectionMachine = ElectionMachine.TestCase
+
+
+def test_dropped_leader_object_frees_the_lock(tmp_path: Path) -> None:
+    """A leader object that is garbage-collected releases the lock for the next contender."""
+    import gc
+
+    leader = FlusherElection(tmp_path)
+    assert leader.try_acquire()
+    del leader
+    gc.collect()
+    assert FlusherElection(tmp_path).try_acquire()
