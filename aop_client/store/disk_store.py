@@ -30,7 +30,7 @@ from .maintenance import reclaim_space
 _STORED = AppendResult(True)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
-INDEX_LOW_WATER = 20_000
+INDEX_LOW_WATER = 4_000
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
 
@@ -277,9 +277,9 @@ class DiskStore:
         conn = self._db()
         now = self._clock()
         with self._lock:
-            if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 4 * max_events):
+            if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 2 * max_events):
                 ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload,
-                       target_pending=max(INDEX_LOW_WATER, 4 * max_events))
+                       target_pending=max(INDEX_LOW_WATER, 2 * max_events))
             with state.Txn(conn):
                 if epoch is not None:
                     state.check_epoch(conn, epoch, "lease")
