@@ -24,6 +24,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -105,30 +106,44 @@ def time_appends(kind: str, path: str, n: int) -> list[int]:
     return lat
 
 
-def _worker(kind: str, path: str, n: int, barrier, out) -> None:
+def _worker(kind: str, path: str, n: int, barrier, out, threads: int = 1) -> None:
     try:
         append, close = make_appender(kind, path)
         events = [body_for(i) for i in range(1, n + 1)]
         clock = time.perf_counter_ns
-        lat = []
+        lat: list[int] = []
+
+        errors: list[str] = []
+
+        def loop(part: list) -> None:
+            try:
+                for i, (eid, body) in part:
+                    t0 = clock()
+                    append(i, eid, body)
+                    lat.append(clock() - t0)
+            except Exception as e:  # a baseline that cannot take concurrent writers
+                errors.append(repr(e))
+
+        numbered = list(enumerate(events, 1))
+        pool = [threading.Thread(target=loop, args=(numbered[k::threads],)) for k in range(threads)]
         barrier.wait()
         start = time.time()
-        for i, (eid, body) in enumerate(events, 1):
-            t0 = clock()
-            append(i, eid, body)
-            lat.append(clock() - t0)
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
         end = time.time()
         close()
-        out.put((start, end, lat))
+        out.put((start, end, f"error after {len(lat)} appends: {errors[0]}" if errors else lat))
     except Exception as e:  # reported by the parent
         out.put((0.0, 0.0, repr(e)))
 
 
-def concurrent(kind: str, path: str, procs: int, n: int) -> tuple[float, float, float] | str:
-    """(events/s in all, p50 us, p99 us) with procs processes appending n events each."""
+def concurrent(kind: str, path: str, procs: int, n: int, threads: int = 1) -> tuple[float, float, float] | str:
+    """(events/s in all, p50 us, p99 us) with procs processes (threads each) appending n events per process."""
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(procs), ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(kind, path, n, barrier, out)) for _ in range(procs)]
+    workers = [ctx.Process(target=_worker, args=(kind, path, n, barrier, out, threads)) for _ in range(procs)]
     for w in workers:
         w.start()
     results = [out.get(timeout=600) for _ in workers]
@@ -225,6 +240,10 @@ def main() -> None:
                 print(f"   {kind:18s} {r}")
             else:
                 print(f"   {kind:18s} {r[0]:10.0f} events/s   p50 {r[1]:8.1f} us   p99 {r[2]:9.1f} us")
+        r = concurrent("disk_store_fsync", os.path.join(root, "conc-fsync-threads"), 8, slow_n * 2, threads=8)
+        conc["disk_store_fsync x8 threads"] = r
+        if not isinstance(r, str):
+            print(f"   {'disk_store_fsync, 8 threads/proc':18s} {r[0]:10.0f} events/s   p50 {r[1]:8.1f} us   p99 {r[2]:9.1f} us")
         ours = conc["disk_store"]
         for kind, r in conc.items():
             if not isinstance(r, str) and not isinstance(ours, str):
