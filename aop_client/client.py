@@ -16,7 +16,6 @@ import threading
 import time
 import weakref
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import orjson
@@ -34,18 +33,25 @@ log = logging.getLogger("aop_client")
 _LIVE_CLIENTS: "weakref.WeakSet[AOPClient]" = weakref.WeakSet()
 
 
-@dataclass(frozen=True)
 class EmitResult:
     """What emit_event did with one event; truthy when the event is durably stored."""
 
-    stored: bool
-    event_id: str
-    run_id: str
-    body: bytes = b""
-    reason: Optional[str] = None
+    __slots__ = ("stored", "event_id", "run_id", "body", "reason")
+
+    def __init__(self, stored: bool, event_id: str, run_id: str, body: bytes = b"",
+                 reason: Optional[str] = None) -> None:
+        self.stored = stored
+        self.event_id = event_id
+        self.run_id = run_id
+        self.body = body  # the signed, redacted envelope exactly as stored
+        self.reason = reason  # why it was not stored: "redacted", "full", "disk_full", ...
 
     def __bool__(self) -> bool:
         return self.stored
+
+    def __repr__(self) -> str:
+        return (f"EmitResult(stored={self.stored}, event_id={self.event_id!r}, "
+                f"reason={self.reason!r})")
 
 
 class AOPClient:
@@ -62,7 +68,8 @@ class AOPClient:
         self._started = False
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
-        self._emitted: dict[str, dict] = {}
+        self._emitted: dict[str, dict] = {}  # the current run's events as stored (for get_trace)
+        self._emitted_run: Optional[str] = None
         self._last_error: Optional[str] = None
         self._since_wakeup = 0
         _LIVE_CLIENTS.add(self)
@@ -124,6 +131,8 @@ class AOPClient:
             self._dropped[result.reason or "unknown"] += 1
             return EmitResult(False, event_id, run_id, reason=result.reason)
         self._counts["stored"] += 1
+        if run_id != self._emitted_run:  # keep only the current run's events in memory
+            self._emitted_run, self._emitted = run_id, {}
         self._emitted[event_id] = event
         flusher = self._flusher
         if flusher is not None:
