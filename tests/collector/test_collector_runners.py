@@ -189,3 +189,17 @@ def test_queries_still_answer_after_stop(aop_collector_factory) -> None:
     collector.stop()
     assert collector.events(run_id) == events
     assert [r["status"] for r in collector.request_log()] == [200]
+
+
+def test_wait_until_returns_the_truthy_value_or_times_out() -> None:
+    """wait_until hands back the predicate's first truthy value, or raises TimeoutError naming it."""
+    from aop_client.testing import wait_until
+
+    calls = iter([0, [], "ready"])
+    assert wait_until(lambda: next(calls), timeout=5, interval=0.001) == "ready"
+
+    def never() -> bool:
+        return False
+
+    with pytest.raises(TimeoutError, match="never"):
+        wait_until(never, timeout=0.05, interval=0.01)
