@@ -274,3 +274,39 @@ def test_real_client_streaming_down_for_the_whole_run(aop_collector: object, tmp
         assert hybrid.finalize(timeout=20.0) is True
         assert hybrid.stats()["acked"] == 0
     assert sorted(served.arrival_seqs(builder.run_id)) == list(range(1, 61))
+
+
+def test_enable_streaming_false_means_batch_only(server: Served) -> None:
+    """With enable_streaming=False in the config, nothing is streamed; finalize() delivers by batch."""
+    base = StandInBaseClient(config_for(server.base_url, server.streaming_url).replace(enable_streaming=False))
+    with HybridClient(base, streaming_url=server.streaming_url, **FAST) as hybrid:
+        ids = emit_run(hybrid, base, 10)
+        assert hybrid.finalize() is True
+        stats = hybrid.stats()
+    assert stats["streaming_enabled"] is False and stats["offered"] == 0 and stats["connects"] == 0
+    assert sorted(base.batch_uploaded) == sorted(ids) and set(ids) <= server.event_ids()
+
+
+def test_streaming_settings_from_the_environment(aop_collector: object, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AOP_ENABLE_STREAMING and AOP_STREAMING_URL, read by ClientConfig.from_env, drive HybridClient's stream."""
+    from aop_client import AOPClient
+
+    served = Served(aop_collector)
+    for name, value in {
+        "AOP_API_KEY": aop_collector.api_key,  # type: ignore[attr-defined]
+        "AOP_BASE_URL": served.base_url,
+        "AOP_AGENT_ID": "123",
+        "AOP_ORG_SALT_KEY": aop_collector.org_salt_key,  # type: ignore[attr-defined]
+        "AOP_SPOOL_DIR": str(tmp_path),
+        "AOP_ENABLE_STREAMING": "true",
+        "AOP_STREAMING_URL": served.streaming_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = ClientConfig.from_env()
+    base = AOPClient(config)
+    with HybridClient(base, streaming_url=config.streaming_url, streaming_mode="websocket", **FAST) as hybrid:
+        assert hybrid.stream.is_connected()
+        ids = [hybrid.emit_event(base.trace_builder.create_custom("step", {"n": n})).event_id for n in range(5)]
+        wait_until(lambda: hybrid.stats()["acked"] == 5, timeout=20)
+        assert hybrid.finalize(timeout=20.0) is True
+    assert set(ids) <= served.event_ids()

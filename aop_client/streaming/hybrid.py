@@ -42,7 +42,11 @@ class HybridClient:
         connect_wait: float = 1.0,
         **stream_options: Any,
     ) -> None:
-        """Wrap ``base_client`` (an AOPClient); URL and mode default to its config's streaming settings."""
+        """Wrap ``base_client`` (an AOPClient); URL and mode default to its config's streaming settings.
+
+        Streaming follows ``config.enable_streaming``: when it is False, nothing is
+        streamed and every event goes by batch upload.
+        """
         config = base_client.config
         self.base_client = base_client
         self.stream_flush_timeout = stream_flush_timeout
@@ -58,6 +62,8 @@ class HybridClient:
             on_ack_batch=self._mark_delivered,
             **{"run_id": _current_run(base_client), **stream_options},
         )
+        #: False when the config says ``enable_streaming=False``: events then go by batch only.
+        self.streaming_enabled = bool(getattr(config, "enable_streaming", True))
         self._entered = False
         self._finalized = False
         self.marked_delivered = 0
@@ -71,10 +77,13 @@ class HybridClient:
     def start(self) -> "HybridClient":
         """Start the base client and open the stream (a stream failure is logged, never raised)."""
         self.base_client.start()
-        try:
-            self.stream.connect(timeout=self.connect_wait)
-        except AOPError as e:
-            log.warning("streaming unavailable, events go by batch upload: %s", e)
+        if self.streaming_enabled:
+            try:
+                self.stream.connect(timeout=self.connect_wait)
+            except AOPError as e:
+                log.warning("streaming unavailable, events go by batch upload: %s", e)
+        else:
+            log.info("enable_streaming is False: HybridClient delivers by batch upload only")
         self._entered = True
         self._finalized = False
         return self
@@ -102,7 +111,7 @@ class HybridClient:
     def emit_event(self, event: dict) -> Any:
         """Store ``event`` durably (base client), then offer it to the stream without waiting."""
         result = self.base_client.emit_event(event)
-        if result:
+        if result and self.streaming_enabled:
             try:
                 self.stream.send_encoded(OutgoingEvent(result.event_id, result.run_id, result.body))
             except Exception:  # the stream is best-effort; the store already has the event
@@ -136,4 +145,5 @@ class HybridClient:
         stats = self.stream.stats()
         stats["marked_delivered"] = self.marked_delivered
         stats["mark_failures"] = self.mark_failures
+        stats["streaming_enabled"] = self.streaming_enabled
         return stats
