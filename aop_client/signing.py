@@ -40,6 +40,7 @@ __all__ = [
     "verify_request",
     "SIGNATURE_HEADER",
     "DEFAULT_TOLERANCE",
+    "MAX_HEADER_LENGTH",
 ]
 
 #: Name of the HTTP header carrying the request signature.

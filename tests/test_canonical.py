@@ -21,9 +21,9 @@ from aop_client.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, _FAST, _scan, cano
 from aop_client.errors import ValidationError
 
 SOAK = os.environ.get("AOP_SOAK") == "1"
-MANY = 20_000 if SOAK else 1_000  # cheap scalar properties
-STRUCTURES = 10_000 if SOAK else 600  # nested values against the (slow) reference encoder
-SOME = 2_000 if SOAK else 150
+MANY = 20_000 if SOAK else 600  # cheap scalar properties
+STRUCTURES = 10_000 if SOAK else 500  # nested values against the (slow) reference encoder
+SOME = 2_000 if SOAK else 100
 relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Characters that matter: controls (escaped), quote/backslash, DEL and U+2028 (not escaped),
