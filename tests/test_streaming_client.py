@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from aop_client.signing import signed_body
 from aop_client.streaming import StreamingClient
 from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY, wait_until
 
+#: Events per fault run: a quick default, a long soak with AOP_SOAK=1.
+FAULT_EVENTS = 5000 if os.environ.get("AOP_SOAK") == "1" else 300
 FAST = dict(reconnect_base=0.01, reconnect_max=0.1, ack_timeout=2.0, connect_timeout=2.0)
 
 
@@ -117,14 +120,14 @@ def test_streams_a_run_completely_and_in_order(server: Served, mode: str) -> Non
 @pytest.mark.parametrize("fault", ["close", "reset", "stall", "slow"])
 def test_faults_lose_nothing_and_keep_order(server: Served, mode: str, fault: str) -> None:
     """Server closes, connection resets, stalled and slow acks: 0 lost, duplicates absorbed, order kept."""
-    bodies = make_run(300)
+    bodies = make_run(FAULT_EVENTS)
     acks: list[str] = []
     client = client_for(server, mode, acks, ack_timeout=0.4, http_window=0.05)
     faults = server.faults
     if fault == "close":
-        faults.close_after, faults.budget = 40, 3
+        faults.close_after, faults.budget = 40, FAULT_EVENTS // 100
     elif fault == "reset":
-        faults.reset_after, faults.budget = 40, 3
+        faults.reset_after, faults.budget = 40, FAULT_EVENTS // 100
     elif fault == "stall":
         faults.stop_acking = True
     else:
@@ -135,7 +138,7 @@ def test_faults_lose_nothing_and_keep_order(server: Served, mode: str, fault: st
     if fault == "stall":
         wait_until(lambda: client.stats()["reconnects"] >= 1 or client.stats()["last_error"], timeout=20)
         faults.stop_acking = False
-    assert client.flush(30.0) is True, client.stats()
+    assert client.flush(30.0 if FAULT_EVENTS < 1000 else 300.0) is True, client.stats()
     stats = client.stats()
     client.disconnect()
     assert_run_complete_in_order(server, bodies)
