@@ -10,11 +10,11 @@ Usage: ``python aop_it_emitter.py MODE [ARGS]`` (settings from the AOP_IT_* envi
 * ``drain``: a later process: start a client on the same spool, flush, stop;
   prints ``{"drained": bool, "pending": int}``.
 * ``fork-children N K``: a started client that keeps emitting from a thread
-  while this process forks N children one after another; every child emits K
+  while this process forks N children in a row (they run at once); every child emits K
   events through the inherited client, reports ``<pid> <is_flusher>
   <holder pid>`` to the file in ``AOP_IT_REPORT`` and leaves normally (odd
-  children) or through ``os._exit`` (even children). The parent waits for each
-  child with a deadline and prints ``{"parent", "hung", "codes", "drained"}``.
+  children) or through ``os._exit`` (even children). The parent waits for all
+  children with one deadline and prints ``{"parent", "hung", "codes", "drained"}``.
 """
 
 from __future__ import annotations
@@ -68,27 +68,30 @@ def fork_children(children: int, per_child: int) -> None:
 
     emitter = threading.Thread(target=keep_emitting, daemon=True)
     emitter.start()
-    codes, hung = [], []
+    pids = []
     for index in range(children):
         pid = os.fork()
         if pid == 0:
             run_child(client, election, per_child, normal_exit=index % 2 == 1)
-        deadline = time.monotonic() + CHILD_DEADLINE
-        while True:
+        pids.append(pid)
+    codes, hung = {}, []
+    deadline = time.monotonic() + CHILD_DEADLINE
+    while len(codes) + len(hung) < len(pids):
+        for pid in pids:
+            if pid in codes or pid in hung:
+                continue
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                codes.append(os.waitstatus_to_exitcode(status))
-                break
-            if time.monotonic() > deadline:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() > deadline:
                 hung.append(pid)
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                break
-            time.sleep(0.005)  # polling a child's exit; the deadline bounds it
+        time.sleep(0.005)  # polling the children's exits; the deadline bounds it
     stopping.set()
     emitter.join(timeout=10)
     drained = client.stop(timeout=15)
-    print(json.dumps({"parent": os.getpid(), "hung": hung, "codes": codes, "drained": drained}), flush=True)
+    print(json.dumps({"parent": os.getpid(), "hung": hung, "codes": sorted(codes.values()), "drained": drained}), flush=True)
 
 
 def run_child(client, election: FlusherElection, per_child: int, *, normal_exit: bool) -> None:
