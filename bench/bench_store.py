@@ -21,7 +21,6 @@ import os
 import queue
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import threading

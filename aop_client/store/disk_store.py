@@ -9,23 +9,23 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable
 
 from ..errors import StoreError, ValidationError
 from . import state
-from .api import AppendResult, DeadLetter, Durability, FullPolicy, StoredEvent, StoreStats
+from .api import AppendResult, Durability, FullPolicy, StoredEvent
+from .boundary import translated
 from .bounds import UsageGauge
+from .inspection import InspectionMixin
 from .layout import prepare_directory
-from .ingest import count_unindexed, ingest
+from .ingest import ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
-from .segments import SegmentWriter, list_segments, next_ord
-from .maintenance import reclaim_space
+from .segments import SegmentWriter, next_ord
 
 _STORED = AppendResult(True)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -35,22 +35,7 @@ RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
 
 
-def _translated(method: Callable) -> Callable:
-    """Turn SQLite/OS errors escaping a store method into StoreError naming the method and directory."""
-
-    @functools.wraps(method)
-    def wrapper(self: "DiskStore", *args: object, **kwargs: object) -> object:
-        try:
-            return method(self, *args, **kwargs)
-        except StoreError:
-            raise
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
-
-    return wrapper
-
-
-class DiskStore:
+class DiskStore(InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
 
     def __init__(
@@ -256,7 +241,7 @@ class DiskStore:
         return self.max_event_bytes + OVERHEAD + 2048
 
     # -- flusher side ---------------------------------------------------------------------
-    @_translated
+    @translated
     def begin_epoch(self) -> int:
         """Start a new fencing epoch (call after winning the election); returns it."""
         self._check_pid()
@@ -268,7 +253,7 @@ class DiskStore:
             state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
         return epoch
 
-    @_translated
+    @translated
     def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
         """Take up to max_events/max_bytes pending events, oldest first, seq order within a run."""
         self._check_pid()
@@ -320,29 +305,29 @@ class DiskStore:
             state.check_epoch(conn, epoch, action)
             return state.move(conn, ids, from_states, to_state, extra, params)
 
-    @_translated
+    @translated
     def ack(self, refs: Iterable[object], *, epoch: int) -> None:
         """Mark leased events delivered (2xx seen); they are retained for replay, then reclaimed."""
         self._fenced_move(refs, epoch, "ack", (state.IN_FLIGHT, state.PENDING), state.DELIVERED, ", done_at = ?, lease_until = NULL", (self._clock(),))
         if time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
             self.reclaim()
 
-    @_translated
+    @translated
     def release(self, refs: Iterable[object], *, epoch: int, attempted: bool = True) -> None:
         """Give leased events back to pending (a failed attempt, counted when attempted)."""
         self._fenced_move(refs, epoch, "release", (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL, attempts = attempts + ?", (1 if attempted else 0,))
 
-    @_translated
+    @translated
     def dead_letter(self, refs: Iterable[object], reason: str, *, epoch: int) -> None:
         """Move leased events to dead letters with a reason."""
         self._fenced_move(refs, epoch, "dead_letter", (state.IN_FLIGHT, state.PENDING, state.FALLBACK), state.DEAD, ", lease_until = NULL, reason = ?, done_at = ?", (str(reason), self._clock()))
 
-    @_translated
+    @translated
     def fallback(self, refs: Iterable[object], *, epoch: int) -> None:
         """Park leased events that exhausted max_retries; they are retried by retry_fallback()."""
         self._fenced_move(refs, epoch, "fallback", (state.IN_FLIGHT,), state.FALLBACK, ", lease_until = NULL")
 
-    @_translated
+    @translated
     def retry_fallback(self) -> int:
         """Return every fallback event to pending; returns how many."""
         self._check_pid()
@@ -350,104 +335,6 @@ class DiskStore:
         with self._lock, state.Txn(conn):
             ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 4")]
             return state.move(conn, ids, (state.FALLBACK,), state.PENDING)
-
-    # -- inspection and maintenance ----------------------------------------------------------
-    @_translated
-    def iter_run(self, run_id: str, *, include_delivered: bool = True) -> Iterator[StoredEvent]:
-        """Every stored event of one run in seq order (pending, in flight, fallback, delivered)."""
-        self._check_pid()
-        conn = self._db()
-        wanted = (*state.UNDELIVERED, state.DELIVERED) if include_delivered else state.UNDELIVERED
-        with self._lock:
-            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
-            rows = conn.execute(
-                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_key = ? AND run_id = ? AND state IN ({','.join('?' * len(wanted))})"
-                " ORDER BY seq, ord",
-                (state.run_key(run_id), run_id, *wanted),
-            ).fetchall()
-            events = self._materialize(conn, rows)
-        return iter(events)
-
-    @_translated
-    def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter currently kept."""
-        self._check_pid()
-        conn = self._db()
-        with self._lock:
-            rows = conn.execute(f"SELECT {state.EVENT_COLUMNS} FROM events WHERE state = 3 ORDER BY ord").fetchall()
-            by_id = {r[0]: r for r in rows}
-            return [
-                DeadLetter(e.ref, e.event_id, e.run_id, e.seq, e.body, by_id[e.ref][12] or "", by_id[e.ref][11] or 0.0)
-                for e in self._materialize(conn, rows)
-            ]
-
-    def _dead_rows(self, conn: sqlite3.Connection, event_ids: Sequence[str] | None) -> list:
-        rows = conn.execute("SELECT id, seg, state, body_len, event_id FROM events WHERE state = 3").fetchall()
-        if event_ids is not None:
-            keep = set(event_ids)
-            rows = [r for r in rows if r[4] in keep]
-        return rows
-
-    @_translated
-    def retry_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
-        """Return dead letters (all, or the named ones) to pending; returns how many."""
-        self._check_pid()
-        conn = self._db()
-        with self._lock, state.Txn(conn):
-            ids = [r[0] for r in self._dead_rows(conn, event_ids)]
-            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL")
-
-    @_translated
-    def purge_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
-        """Delete dead letters for good (all, or the named ones); returns how many."""
-        self._check_pid()
-        conn = self._db()
-        with self._lock, state.Txn(conn):
-            return state.delete_events(conn, [r[:4] for r in self._dead_rows(conn, event_ids)])
-
-    @_translated
-    def reclaim(self, now: float | None = None) -> int:
-        """Drop delivered events past retention and free space; returns events reclaimed."""
-        self._check_pid()
-        return self._reclaim_locked(self._clock() if now is None else now, pressure=False)
-
-    def _reclaim_locked(self, now: float, *, pressure: bool) -> int:
-        self._last_reclaim = time.monotonic()
-        conn = self._db()
-        with self._lock:
-            self._bodies.close()
-            return reclaim_space(
-                conn, self.segment_dir, now=now, retention_seconds=self.retention_seconds,
-                retention_bytes=0 if pressure else self.retention_bytes,
-            )
-
-    @_translated
-    def stats(self, now: float | None = None) -> StoreStats:
-        """Host-wide counters; see StoreStats."""
-        self._check_pid()
-        now = self._clock() if now is None else now
-        self._flush_drops()
-        conn = self._db()
-        with self._lock:
-            counts = state.counts(conn)
-            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir)
-            row = conn.execute("SELECT appended_at FROM events WHERE state = 0 ORDER BY ord LIMIT 1").fetchone()
-            dropped = state.dropped(conn)
-            quarantined = state.meta_value(conn, "quarantined")
-        for reason, n in self._drops.items():
-            dropped[reason] = dropped.get(reason, 0) + n
-        oldest = [t for t in (row[0] if row else None, unindexed_oldest) if t is not None]
-        return StoreStats(
-            pending=counts[state.PENDING][0] + unindexed,
-            in_flight=counts[state.IN_FLIGHT][0],
-            delivered_retained=counts[state.DELIVERED][0],
-            dead_letters=counts[state.DEAD][0],
-            fallback=counts[state.FALLBACK][0],
-            dropped=dropped,
-            quarantined=quarantined,
-            bytes_on_disk=_tree_bytes(self.directory),
-            oldest_pending_age=max(0.0, now - min(oldest)) if oldest else None,
-        )
 
     def close(self) -> None:
         """Release file handles; safe to call twice."""
@@ -473,15 +360,3 @@ def _is_corruption(error: sqlite3.Error) -> bool:
     """True for SQLite errors that mean the index file is damaged (not busy/locked/read-only)."""
     text = str(error).lower()
     return "malformed" in text or "not a database" in text or "corrupt" in text
-
-
-def _tree_bytes(directory: str) -> int:
-    """Total size of regular files under the store directory."""
-    total = 0
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total

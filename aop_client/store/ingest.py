@@ -16,7 +16,7 @@ import sqlite3
 from zlib import crc32 as crc
 
 from . import state
-from .records import HEADER, HEADER_SIZE, Damage, Record, decode_run
+from .records import HEADER, HEADER_SIZE, Record, decode_run
 from .segments import is_sealed, list_segments, read_at
 
 DEFAULT_CHUNK = 1 << 20
@@ -103,6 +103,7 @@ def ingest_pass(
         for sid, name, path, cursor, size, buf, res, at_eof in reads:
             new_cursor = cursor
             stopped = False
+            damage_end = -1  # end of the last damaged range (a torn tail right after it is the same damage)
             for item in res.items:
                 if type(item) is Record:
                     if watermark is not None and item.ord_ns > watermark:
@@ -113,10 +114,10 @@ def ingest_pass(
                 else:
                     quarantined += 1
                     save_quarantined(quarantine_dir, name, item.offset, buf[item.offset - cursor : item.end - cursor])
-                    new_cursor = item.end
+                    new_cursor = damage_end = item.end
             if not stopped and at_eof and res.incomplete and new_cursor < size and is_sealed(path):
                 tail = read_at(path, new_cursor, size - new_cursor)
-                quarantined += 1
+                quarantined += 0 if new_cursor == damage_end else 1
                 save_quarantined(quarantine_dir, name, new_cursor, tail)
                 new_cursor = size
             if stopped or not at_eof:

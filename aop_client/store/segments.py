@@ -23,6 +23,15 @@ _last_ord = 0
 _ord_lock = threading.Lock()
 
 
+def _reset_ord_lock_in_child() -> None:
+    """A fork taken while another thread held the lock must not deadlock the child."""
+    global _ord_lock
+    _ord_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_ord_lock_in_child)
+
+
 def next_ord() -> int:
     """A host-wide append order key: wall-clock ns, strictly increasing within this process."""
     global _last_ord
@@ -91,8 +100,8 @@ class SegmentWriter:
             if self.fsync:
                 os.fdatasync(self._fd)
                 self._synced = self._written
-            self._retired.append(self._fd)
-            while len(self._retired) > 2:
+            self._retired.append(self._fd)  # fsync mode: a group-commit leader may still use it
+            while len(self._retired) > (2 if self.fsync else 0):
                 os.close(self._retired.pop(0))
         self._fd = fd
         self._size = 0
