@@ -90,7 +90,7 @@ def test_serve_fault_options_reach_the_client(tmp_path: Path, env: dict[str, str
         spool = tmp_path / "spool"
         fill_spool(spool, 2, key="s")
         result = run_aop("flush", "--spool", str(spool), "--base-url", server.url, "--api-key", "k", "--key", "s",
-                         "--timeout", "2", "--quiet", env=env)
+                         "--timeout", "1", "--quiet", env=env)
         assert_error_line(result, EXIT_SERVER, "2 events remain undelivered", "503")
     finally:
         assert server.stop()[0] == 0

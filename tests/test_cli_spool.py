@@ -115,7 +115,7 @@ def test_flush_to_an_unreachable_server_exits_3_and_keeps_events(tmp_path: Path,
     fill_spool(spool, 4)
     url = closed_port_url()
     result = run_aop("flush", "--spool", str(spool), "--base-url", url, "--api-key", "k", "--key", "s",
-                     "--timeout", "2", "--quiet", env=env)
+                     "--timeout", "1", "--quiet", env=env)
     assert_error_line(result, EXIT_SERVER, "4 events remain undelivered", "refused")
     report = status_json(spool, env)
     assert report["pending"] + report["in_flight"] + report["fallback"] == 4
@@ -127,7 +127,7 @@ def test_flush_with_a_wrong_api_key_exits_3_and_keeps_events(tmp_path: Path, env
     spool = tmp_path / "spool"
     fill_spool(spool, 3)
     result = run_aop("flush", "--spool", str(spool), "--base-url", aop_collector.url, "--api-key", "wrong",
-                     "--key", aop_collector.org_salt_key, "--timeout", "2", env=env)
+                     "--key", aop_collector.org_salt_key, "--timeout", "1", env=env)
     assert_error_line(result, EXIT_SERVER, "3 events remain undelivered", "401")
     assert aop_collector.event_ids() == set()
     report = status_json(spool, env)
@@ -197,3 +197,26 @@ def test_dead_letters_of_a_missing_spool_is_bad_input(tmp_path: Path, env: dict[
     missing = str(tmp_path / "gone")
     for sub in (["list"], ["retry"], ["purge", "--yes"]):
         assert_error_line(run_aop("dead-letters", *sub, "--spool", missing, env=env), EXIT_BAD_INPUT, "does not exist")
+
+
+def test_flush_while_another_process_is_the_flusher(tmp_path: Path, env: dict[str, str],
+                                                   aop_collector_factory: Any) -> None:
+    """Another live process holds the election and cannot deliver (server answers 503): flush says who the
+    flusher is, waits its timeout, exits 1, and every event stays stored."""
+    from aop_client.collector import FaultConfig
+
+    failing = aop_collector_factory(faults=FaultConfig(rate_503=1.0, retry_after=None, seed=1))
+    spool = tmp_path / "spool"
+    fill_spool(spool, 3)
+    holder = AOPClient(ClientConfig(api_key=failing.api_key, base_url=failing.url, org_salt_key=failing.org_salt_key,
+                                    spool_dir=str(spool), batch_interval=0.05, retry_backoff_base=0.05,
+                                    retry_backoff_max=0.2)).start()
+    try:
+        wait_until(lambda: holder.get_stats()["is_flusher"], timeout=10)
+        result = run_aop("flush", *server_args(failing, spool), "--timeout", "2", env=env)
+        assert f"pid {os.getpid()}" in result.stderr.splitlines()[0]
+        assert_error_line(result, EXIT_UNDELIVERED, "3 events remain undelivered", f"pid {os.getpid()}")
+    finally:
+        holder.stop(timeout=0.5)
+    report = status_json(spool, env)
+    assert report["pending"] + report["in_flight"] + report["fallback"] == 3

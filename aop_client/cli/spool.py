@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -128,7 +129,7 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
     threading.Thread(target=drain, name="aop-cli-flush", daemon=True).start()
     _progress(client, total, done, quiet)
     stats = client.get_stats()
-    client.stop(timeout=1.0)  # already drained or given up: a short stop releases any lease
+    client.stop(timeout=1.0 if result.get("drained") else 0.3)  # drained or given up: a short stop releases leases
     left = _undelivered(client.store)
     new_dead = client.store.stats().dead_letters - dead_before
     client.store.close()
@@ -138,8 +139,12 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
     if left:
         why = stats.get("last_error")
         code = EXIT_SERVER if why and not delivered else EXIT_UNDELIVERED
+        other = _holder(config.spool_path) if not stats.get("is_flusher") else None
+        if not why and other and other.get("alive") and other.get("pid") != os.getpid():
+            why = f"another process ({_flusher_text(other)}) is the flusher and has not drained them"
         raise CliError(f"{left} events remain undelivered after {timeout:g} s"
-                       + (f" (last error: {why})" if why else ""), code)
+                       + (f" (last error: {why})" if why and code == EXIT_SERVER else f" ({why})" if why else ""),
+                       code)
     click.echo(f"flushed: {delivered} delivered, {stats.get('duplicates', 0)} duplicates, "
                f"{max(0, new_dead)} new dead letters, 0 remaining")
     if new_dead > 0:
