@@ -38,6 +38,7 @@ __all__ = ["Summary", "Progress", "run_demo", "KILL_AT_FRACTION"]
 #: The share of planned events emitted when the flusher is killed.
 KILL_AT_FRACTION = 0.4
 _POLL = 0.05
+_GRACE = 2.0  # seconds to keep watching the collector after the last agent process exited
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def run_demo(workers: int = 4, events: int = 250, *, seed: Optional[int] = None,
         expected: set[str] = set()
         held: set[str] = set()
         first_emit: Optional[float] = None
+        exited_at: Optional[float] = None
         while time.monotonic() < deadline:
             emitted = counter.value
             if first_emit is None and emitted:
@@ -226,6 +228,10 @@ def run_demo(workers: int = 4, events: int = 250, *, seed: Optional[int] = None,
             notify(Progress(planned, emitted, len(held), "running" if killed_pid is None else "after takeover"))
             if len(reports) == workers and expected <= held:
                 break
+            if not any(proc.is_alive() for proc in children[1:]):  # every agent is gone: no flusher is left
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > _GRACE:
+                    break
             time.sleep(_POLL)
         for proc in children[1:]:
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
