@@ -199,3 +199,21 @@ def test_load_events_reads_documents_and_lists_alike(events: list[dict], shape: 
         path = Path(folder) / "t.json"
         path.write_bytes(orjson.dumps(value))
         assert load_events(str(path)) == events
+
+
+def test_replay_splits_batches_the_server_finds_too_large(tmp_path: Path, env: dict[str, str],
+                                                          aop_collector_factory: Any) -> None:
+    """A server with a small body limit answers 413: replay splits the batch until every event fits, and an
+    event that alone is too large is reported rejected (exit 1) while the others arrive."""
+    collector = aop_collector_factory(max_body_bytes=1500, max_decompressed_bytes=1500)
+    run_id = "44444444-4444-4444-8444-444444444444"
+    events = [sign_event({"event_id": f"00000000-0000-4000-8000-{i:012d}", "run_id": run_id, "agent_id": 1,
+                          "seq": i + 1, "t": "2025-12-05T10:00:00.000Z", "type": "custom",
+                          "payload": {"name": "n", "data": "x" * (2000 if i == 4 else 150)}}, TEST_ORG_SALT_KEY)
+              for i in range(8)]
+    path = tmp_path / "big.json"
+    path.write_bytes(orjson.dumps({"run_id": run_id, "events": events}))
+    result = run_aop(*replay_args(collector, path), env={**env, "AOP_GZIP_THRESHOLD": "1000000"})
+    assert_error_line(result, EXIT_UNDELIVERED, "1 events rejected", events[4]["event_id"], "413")
+    assert json.loads(result.stdout)["accepted"] == 7
+    assert collector.event_ids() == {e["event_id"] for i, e in enumerate(events) if i != 4}

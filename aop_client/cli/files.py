@@ -77,13 +77,27 @@ def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterato
 
 
 def _post(transport: Any, bodies: list[bytes]) -> dict:
-    """POST one batch; returns the parsed 200 answer or raises CliError (exit 3)."""
+    """POST one batch (new batch_id); on 413/400 split it in halves as the protocol says.
+
+    Returns the summed 200 answers; a single event still refused with 413/400 is
+    counted as rejected. Any other failure raises CliError (exit 3).
+    """
     from ..core.batching import build_batch_body
 
     batch_id = str(uuid.uuid4())
     response = transport.post_batch(batch_id, build_batch_body(batch_id, bodies), now=time.time())
     if response.status is None:
         raise CliError(f"cannot reach {transport.base_url}: {response.error}", EXIT_SERVER)
+    if response.status in (400, 413):
+        if len(bodies) > 1:
+            half = len(bodies) // 2
+            first, second = _post(transport, bodies[:half]), _post(transport, bodies[half:])
+            return {"accepted": first["accepted"] + second["accepted"],
+                    "duplicates": first["duplicates"] + second["duplicates"],
+                    "rejected": first["rejected"] + second["rejected"]}
+        event_id = _event_id_of(bodies[0])
+        why = "too large for the server (413)" if response.status == 413 else "malformed for the server (400)"
+        return {"accepted": 0, "duplicates": 0, "rejected": [{"event_id": event_id, "reason": why}]}
     if response.status != 200:
         detail = response.body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
         raise CliError(f"server {transport.base_url} refused the batch: HTTP {response.status} {detail}", EXIT_SERVER)
@@ -93,6 +107,14 @@ def _post(transport: Any, bodies: list[bytes]) -> dict:
                 "rejected": list(answer.get("rejected") or [])}
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
         raise CliError(f"server {transport.base_url} answered 200 with an unreadable body", EXIT_SERVER) from e
+
+
+def _event_id_of(body: bytes) -> Optional[str]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return value.get("event_id") if isinstance(value, dict) else None
 
 
 @click.command()
