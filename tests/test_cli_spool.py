@@ -89,6 +89,16 @@ def test_status_refuses_a_missing_spool_and_creates_nothing(tmp_path: Path, env:
     assert not missing.exists()
 
 
+def test_status_refuses_a_directory_that_is_no_spool(tmp_path: Path, env: dict[str, str]) -> None:
+    """An existing directory without a store in it: exit 2, and nothing is created inside."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"meow")
+    for args in (["status"], ["flush", "--timeout", "1"], ["dead-letters", "list"]):
+        assert_error_line(run_aop(*args, "--spool", str(folder), env=env), EXIT_BAD_INPUT, "not an aop spool")
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg"]
+
+
 def test_status_refuses_a_file_as_spool(tmp_path: Path, env: dict[str, str]) -> None:
     """A spool path that is a regular file: exit 2, the file untouched."""
     path = tmp_path / "file"

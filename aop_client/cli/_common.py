@@ -78,13 +78,15 @@ def build_config(spool: Optional[str] = None, base_url: Optional[str] = None,
 
 
 def check_spool_dir(path: Path) -> Path:
-    """Refuse a spool path that does not exist or is not a readable directory (never create one)."""
+    """Refuse a spool path that does not exist, is not a readable directory or holds no store (never create one)."""
     if not path.exists():
         raise CliError(f"spool directory {str(path)!r} does not exist (nothing was ever stored there)")
     if not path.is_dir():
         raise CliError(f"spool path {str(path)!r} is not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise CliError(f"spool directory {str(path)!r} is not readable")
+    if not (path / "index.sqlite3").exists() and not (path / "segments").is_dir():
+        raise CliError(f"{str(path)!r} is not an aop spool (no index.sqlite3 and no segments/ inside)")
     return path
 
 

@@ -137,14 +137,13 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
         raise result["error"]
     delivered = stats.get("delivered", 0)
     if left:
-        why = stats.get("last_error")
-        code = EXIT_SERVER if why and not delivered else EXIT_UNDELIVERED
+        error = stats.get("last_error")
+        code = EXIT_SERVER if error and not delivered else EXIT_UNDELIVERED
+        why = f"last error: {error}" if error else ""
         other = _holder(config.spool_path) if not stats.get("is_flusher") else None
         if not why and other and other.get("alive") and other.get("pid") != os.getpid():
             why = f"another process ({_flusher_text(other)}) is the flusher and has not drained them"
-        raise CliError(f"{left} events remain undelivered after {timeout:g} s"
-                       + (f" (last error: {why})" if why and code == EXIT_SERVER else f" ({why})" if why else ""),
-                       code)
+        raise CliError(f"{left} events remain undelivered after {timeout:g} s" + (f" ({why})" if why else ""), code)
     click.echo(f"flushed: {delivered} delivered, {stats.get('duplicates', 0)} duplicates, "
                f"{max(0, new_dead)} new dead letters, 0 remaining")
     if new_dead > 0:
