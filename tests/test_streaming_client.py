@@ -125,9 +125,9 @@ def test_faults_lose_nothing_and_keep_order(server: Served, mode: str, fault: st
     client = client_for(server, mode, acks, ack_timeout=0.4, http_window=0.05)
     faults = server.faults
     if fault == "close":
-        faults.close_after, faults.budget = 40, FAULT_EVENTS // 100
+        faults.close_after, faults.budget = 40, 3 if FAULT_EVENTS < 1000 else 10
     elif fault == "reset":
-        faults.reset_after, faults.budget = 40, FAULT_EVENTS // 100
+        faults.reset_after, faults.budget = 40, 3 if FAULT_EVENTS < 1000 else 10
     elif fault == "stall":
         faults.stop_acking = True
     else:

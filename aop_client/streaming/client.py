@@ -73,6 +73,7 @@ class StreamingClient(WebSocketMode, HttpMode):
         ack_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         http_window: float = 0.2,
+        http_max_events: int = 1000,
         on_ack_batch: Callable[[list[str]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -103,6 +104,9 @@ class StreamingClient(WebSocketMode, HttpMode):
         self._ack_timeout = _positive("ack_timeout", ack_timeout)
         self._connect_timeout = _positive("connect_timeout", connect_timeout)
         self._http_window = _positive("http_window", http_window)
+        if isinstance(http_max_events, bool) or not isinstance(http_max_events, int) or http_max_events < 1:
+            raise ConfigError(f"http_max_events must be an int >= 1, got {http_max_events!r}", field="http_max_events", value=http_max_events)
+        self._http_max_events = http_max_events
         self._rng = rng or random.Random()
         self._outbox = Outbox(max_buffer)
         self._outbox.close()  # nothing is accepted before connect()

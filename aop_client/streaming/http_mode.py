@@ -65,21 +65,22 @@ class HttpMode:
             pool.clear()
 
     def _http_body(self, sent: list[str]) -> Iterator[bytes]:
-        """The NDJSON body of one streamed request: events for up to ``http_window`` seconds."""
+        """The NDJSON body of one streamed request: up to ``http_max_events`` events within ``http_window`` seconds."""
         box = self._outbox
         started = time.monotonic()
         while True:
             now = time.monotonic()
+            room = self._http_max_events - len(sent)
             run = box.head_run()
-            batch = box.take(run, _SEND_BURST, now) if run is not None else []
+            batch = box.take(run, min(_SEND_BURST, room), now) if run is not None and room > 0 else []
             if batch:
                 sent.extend(event.event_id for event in batch)
                 yield b"".join(event.body + b"\n" for event in batch)
-                continue
             left = self._http_window - (now - started)
-            if left <= 0 or self._stop.is_set() or self._stop_now.is_set():
+            if left <= 0 or len(sent) >= self._http_max_events or self._stop.is_set() or self._stop_now.is_set():
                 return
-            box.wait(left)
+            if not batch:
+                box.wait(left)
 
     def _settle_http(self, status: int, data: bytes, sent: list[str]) -> None:
         if status != 200:
