@@ -108,7 +108,7 @@ def test_verify_catches_one_tampered_event(exported: dict, tmp_path: Path, env: 
 
 
 def test_verify_bad_inputs(exported: dict, tmp_path: Path, env: dict[str, str]) -> None:
-    """No key: 2; missing file: 2; a directory: 2; truncated JSON: 4; JSON that is no trace: 4."""
+    """No key: 2; missing file: 2; a directory: 2; truncated JSON, binary bytes, JSON that is no trace: 4."""
     assert_error_line(run_aop("verify", str(exported["json"]), env=env), EXIT_BAD_INPUT, "no key")
     assert_error_line(run_aop("verify", str(tmp_path / "none.json"), "--key", "k", env=env), EXIT_BAD_INPUT,
                       "no such file")
@@ -116,6 +116,9 @@ def test_verify_bad_inputs(exported: dict, tmp_path: Path, env: dict[str, str]) 
     truncated = tmp_path / "truncated.json"
     truncated.write_bytes(exported["json"].read_bytes()[:-40])
     assert_error_line(run_aop("verify", str(truncated), "--key", "k", env=env), EXIT_DAMAGED, "damaged")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert_error_line(run_aop("verify", str(binary), "--key", "k", env=env), EXIT_DAMAGED, "not UTF-8")
     not_trace = tmp_path / "number.json"
     not_trace.write_text("[1, 2, 3]")
     assert_error_line(run_aop("verify", str(not_trace), "--key", "k", env=env), EXIT_DAMAGED, "not a trace file")
