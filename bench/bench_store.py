@@ -207,17 +207,34 @@ def backlog(path: str, n: int, procs: int = 4) -> tuple:
     return (fill, *res)
 
 
+def report_backlog(root: str, n: int) -> None:
+    """Part 4: print the backlog numbers."""
+    print(f"\n4. backlog of {n} pending events")
+    fill, first, nb, rss1, rss2, drained, rate = backlog(os.path.join(root, "backlog"), n)
+    print(f"   filled in {fill:.1f} s; open + first lease of {nb} events: {first * 1000:.0f} ms;"
+          f" peak RSS {rss1:.0f} MB after first batch, {rss2:.0f} MB after draining {drained} ({rate:.0f}/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer events (smoke run)")
     ap.add_argument("--backlog", type=int, default=1_000_000)
+    ap.add_argument("--only-backlog", action="store_true", help="run only part 4")
     args = ap.parse_args()
     n1 = 5_000 if args.quick else 50_000
     slow_n = 2_000 if args.quick else 5_000
     nproc_n = 3_000 if args.quick else 20_000
     root = tempfile.mkdtemp(prefix="aop-bench-store-")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, event 355 bytes, dir {root}")
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    print(f"cpu calibration: 3M interpreted adds in {time.perf_counter() - t0:.2f} s"
+          f" (about 0.15-0.25 s on an idle core; larger means a loaded machine); load {os.getloadavg()[0]:.1f}")
     try:
+        if args.only_backlog:
+            return report_backlog(root, args.backlog)
         print("\n1. single-process append latency")
         rows = {}
         for kind, n in (("disk_store", n1), ("disk_store_fsync", slow_n), ("queue_json", n1),
@@ -251,10 +268,7 @@ def main() -> None:
         print("\n3. drain (lease 500 + ack)")
         print(f"   disk_store         {drain_rate(os.path.join(root, 'drain'), n1):10.0f} events/s")
 
-        print(f"\n4. backlog of {args.backlog} pending events")
-        fill, first, nb, rss1, rss2, drained, rate = backlog(os.path.join(root, "backlog"), args.backlog)
-        print(f"   filled in {fill:.1f} s; open + first lease of {nb} events: {first * 1000:.0f} ms;"
-              f" peak RSS {rss1:.0f} MB after first batch, {rss2:.0f} MB after draining {drained} ({rate:.0f}/s)")
+        report_backlog(root, args.backlog)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -285,8 +285,7 @@ class DiskStore(InspectionMixin):
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
         """Read and verify bodies; damaged records are quarantined and left out."""
         out, damaged = [], []
-        for row in rows:
-            body = self._bodies.read(conn, row)
+        for row, body in zip(rows, self._bodies.read_many(conn, rows)):
             if body is None:
                 damaged.append((row[0], row[1], row[10], row[8]))
             else:

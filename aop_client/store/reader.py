@@ -8,6 +8,7 @@ import sqlite3
 from .records import body_if_intact
 
 MAX_OPEN = 64
+MAX_SPAN = 4 << 20  # bytes read at once when records are adjacent
 
 
 class BodyReader:
@@ -32,12 +33,28 @@ class BodyReader:
             self._fds[seg] = fd
         return fd
 
-    def read(self, conn: sqlite3.Connection, row: tuple) -> bytes | None:
-        """Body of the event in row (id, seg, off, len, event_id, ...); None when damaged or gone."""
-        fd = self._fd(conn, row[1])
-        if fd is None:
-            return None
-        return body_if_intact(os.pread(fd, row[3], row[2]), row[4].encode())
+    def read_many(self, conn: sqlite3.Connection, rows: list) -> list[bytes | None]:
+        """Bodies for many rows, reading each run of adjacent records with one pread."""
+        out: list[bytes | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][1], rows[i][2]))
+        k = 0
+        while k < len(order):
+            first = rows[order[k]]
+            seg, start = first[1], first[2]
+            end = start + first[3]
+            j = k + 1
+            while j < len(order) and rows[order[j]][1] == seg and rows[order[j]][2] == end and end - start < MAX_SPAN:
+                end += rows[order[j]][3]
+                j += 1
+            fd = self._fd(conn, seg)
+            if fd is not None:
+                span = os.pread(fd, end - start, start)
+                for i in order[k:j]:
+                    row = rows[i]
+                    rel = row[2] - start
+                    out[i] = body_if_intact(span[rel : rel + row[3]], row[4].encode())
+            k = j
+        return out
 
     def close(self) -> None:
         """Close every cached fd."""

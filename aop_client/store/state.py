@@ -120,28 +120,27 @@ def move(
     params: tuple = (),
 ) -> int:
     """Move the given events that are in from_states to to_state; returns how many moved."""
-    ids_json = json.dumps(list(ids))
-    states = tuple(from_states)
-    marks = ",".join("?" * len(states))
-    where = f"id IN ({_IDS}) AND +state IN ({marks})"  # "+": look up by id, not by state
-    moved = conn.execute(
-        f"SELECT state, COUNT(*), TOTAL(body_len) FROM events WHERE {where} GROUP BY state",
-        (ids_json, *states),
-    ).fetchall()
-    if not moved:
+    if not ids:
         return 0
-    conn.execute(f"UPDATE events SET state = ?{extra} WHERE {where}", (to_state, *params, ids_json, *states))
-    deltas: dict[int, list[int]] = {to_state: [0, 0]}
-    total = 0
-    for state, n, nbytes in moved:
-        d = deltas.setdefault(state, [0, 0])
-        d[0] -= n
-        d[1] -= int(nbytes)
-        deltas[to_state][0] += n
-        deltas[to_state][1] += int(nbytes)
-        total += n
-    bump_counts(conn, {s: (n, b) for s, (n, b) in deltas.items()})
-    return total
+    ids_json = json.dumps(list(ids))
+    deltas: dict[int, tuple[int, int]] = {}
+    moved_n = moved_b = 0
+    for from_state in from_states:
+        # "+state": look rows up by id, not through the (state, ord) index.
+        lens = conn.execute(
+            f"UPDATE events SET state = ?{extra} WHERE id IN ({_IDS}) AND +state = ? RETURNING body_len",
+            (to_state, *params, ids_json, from_state),
+        ).fetchall()
+        if lens:
+            nbytes = sum(r[0] for r in lens)
+            deltas[from_state] = (-len(lens), -nbytes)
+            moved_n += len(lens)
+            moved_b += nbytes
+    if moved_n:
+        n0, b0 = deltas.get(to_state, (0, 0))
+        deltas[to_state] = (n0 + moved_n, b0 + moved_b)
+        bump_counts(conn, deltas)
+    return moved_n
 
 
 def delete_events(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int]]) -> int:
