@@ -85,6 +85,7 @@ def _drain(store: DiskStore, epoch: int, delivered: list[str], limit: int | None
     return n
 
 
+@pytest.mark.timeout(3600 if SOAK else 300)
 @pytest.mark.parametrize("durability,kills", [("process", KILLS), ("fsync", max(10, KILLS // 5))])
 def test_sigkilled_writers_lose_no_returned_append(tmp_path, durability: str, kills: int) -> None:
     """Every append that returned before SIGKILL is delivered exactly once, in seq order per run."""
