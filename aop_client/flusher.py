@@ -257,45 +257,58 @@ class Flusher:
         held: list[StoredEvent] = []
         held_bytes = 0
         oldest_at: Optional[float] = None
-        while True:
-            if self._stop.is_set():
-                self._release(held, attempted=False)
-                return False
-            with self._lock:
-                wanted = self._flush_asked
-            forced = one_shot or wanted > self._flush_done
-            if wanted > self._fallback_retried_for or (
-                    not held and time.monotonic() - self._fallback_retried_at >= self.fallback_retry_interval):
-                self._fallback_retried_for, self._fallback_retried_at = wanted, time.monotonic()
-                self.store.retry_fallback()  # parked events: retried on each flush and every interval
-            room = self.batch_size - len(held)
-            room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
-            fresh: list[StoredEvent] = []
-            if room > 0 and (room_bytes > 0 or not held):
-                fresh = self._lease(room, max(1, room_bytes))
-            if fresh:
-                held.extend(fresh)
-                held_bytes += sum(len(e.body) for e in fresh)
-                if oldest_at is None:
-                    oldest_at = self.clock()
-            full = room <= 0 or (not fresh and room_bytes <= 0)
-            if should_flush(len(held), held_bytes, oldest_at, self.clock(), batch_size=self.batch_size,
-                            max_batch_bytes=self.max_batch_bytes, batch_interval=self.batch_interval,
-                            force=forced or full):
-                self._send(held)
-                held, held_bytes, oldest_at = [], 0, None
-                continue
-            if fresh:
-                continue  # top up at once while the store has more
-            if not held and forced:
-                with self._flush_cond:
-                    self._flush_done = max(self._flush_done, wanted)
-                    self._flush_cond.notify_all()
-                if one_shot:
-                    return True
-            wait = _POLL if oldest_at is None else min(_POLL, max(0.0, oldest_at + self.batch_interval - self.clock()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        prefetch: Optional[_Prefetch] = None
+        try:
+            while True:
+                if self._stop.is_set():
+                    self._release(held, attempted=False)
+                    return False
+                with self._lock:
+                    wanted = self._flush_asked
+                forced = one_shot or wanted > self._flush_done
+                if wanted > self._fallback_retried_for or (
+                        not held and time.monotonic() - self._fallback_retried_at >= self.fallback_retry_interval):
+                    self._fallback_retried_for, self._fallback_retried_at = wanted, time.monotonic()
+                    self.store.retry_fallback()  # parked events: retried on each flush and every interval
+                room = self.batch_size - len(held)
+                room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
+                fresh: list[StoredEvent] = []
+                if prefetch is not None:
+                    fresh, prefetch = prefetch.result(), None
+                elif room > 0 and (room_bytes > 0 or not held):
+                    fresh = self._lease(room, max(1, room_bytes))
+                if fresh:
+                    held.extend(fresh)
+                    held_bytes += sum(len(e.body) for e in fresh)
+                    if oldest_at is None:
+                        oldest_at = self.clock()
+                full = room <= 0 or (not fresh and room_bytes <= 0)
+                if should_flush(len(held), held_bytes, oldest_at, self.clock(), batch_size=self.batch_size,
+                                max_batch_bytes=self.max_batch_bytes, batch_interval=self.batch_interval,
+                                force=forced or full):
+                    batch, held, held_bytes, oldest_at = held, [], 0, None
+                    if len(batch) >= self.batch_size:  # a backlog: lease the next batch while this one is posted
+                        prefetch = _Prefetch(self._lease, self.batch_size,
+                                             self.max_batch_bytes - batch_overhead_bytes(_ID_TEMPLATE, self.batch_size))
+                    self._send(batch)
+                    continue
+                if fresh:
+                    continue  # top up at once while the store has more
+                if not held and forced:
+                    with self._flush_cond:
+                        self._flush_done = max(self._flush_done, wanted)
+                        self._flush_cond.notify_all()
+                    if one_shot:
+                        return True
+                wait = _POLL if oldest_at is None else min(_POLL, max(0.0, oldest_at + self.batch_interval - self.clock()))
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            if prefetch is not None:
+                try:
+                    self._release(prefetch.result(), attempted=False)
+                except Exception:  # fenced or failing store: lease expiry or the next epoch returns them
+                    pass
 
     # ------------------------------------------------------------ one batch
 
@@ -450,6 +463,30 @@ class Flusher:
                     self.on_error(exc)
                 except Exception:
                     log.exception("aop_client flusher on_error callback raised")
+
+
+class _Prefetch:
+    """One store lease run on a short-lived helper thread, overlapping the POST of the previous batch."""
+
+    def __init__(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int) -> None:
+        self._events: list[StoredEvent] = []
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._work, args=(lease, max_events, max_bytes),
+                                        name="aop-flusher-prefetch", daemon=True)
+        self._thread.start()
+
+    def _work(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int) -> None:
+        try:
+            self._events = lease(max_events, max_bytes)
+        except BaseException as e:  # handed to the loop by result()
+            self._error = e
+
+    def result(self) -> list[StoredEvent]:
+        """The leased events (waits for the lease); re-raises the lease's error in the caller."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._events
 
 
 def _write_private_file(directory: str, run_id: str, data: bytes, now: float) -> str:
