@@ -23,6 +23,8 @@ from .ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameReader, encode_c
 log = logging.getLogger("aop_client.streaming")
 
 _SEND_BURST = 512
+#: Sent-but-unacknowledged events per connection: flow control, and a bound on what a reconnect re-sends.
+_MAX_IN_FLIGHT = 4096
 _RECV_BYTES = 256 * 1024
 
 
@@ -104,7 +106,7 @@ class WebSocketMode:
         reader = FrameReader()
         box = self._outbox
         now = time.monotonic()
-        last_rx = last_ping = now
+        last_rx = last_ping = last_progress = now
         switch_since: float | None = None
         while True:
             if self._finished():
@@ -116,8 +118,13 @@ class WebSocketMode:
                 if box.counts()[1] == 0 or now - switch_since > self._ack_timeout:
                     box.abandon_inflight()
                     return head
-            batch = box.take(run, _SEND_BURST, now)
+            in_flight = box.counts()[1]
+            room = _MAX_IN_FLIGHT - in_flight
+            batch = box.take(run, min(_SEND_BURST, room), now) if room > 0 else []
             if batch:
+                if in_flight == 0:
+                    last_progress = now  # the ack clock starts with the first unacknowledged event
+                in_flight += len(batch)
                 masks = os.urandom(4 * len(batch))
                 sock.sendall(b"".join(encode_client_frame(OP_TEXT, e.body, masks[4 * i : 4 * i + 4]) for i, e in enumerate(batch)))
             if now - last_ping >= self._ping_interval:
@@ -125,10 +132,11 @@ class WebSocketMode:
                 last_ping = now
             if now - last_rx > 2 * self._ping_interval + self._ack_timeout:
                 raise ConnectionLost(f"no frame from the server for {now - last_rx:.1f}s")
-            if box.oldest_inflight_age(now) > self._ack_timeout:
-                raise ConnectionLost(f"no ack for {box.oldest_inflight_age(now):.1f}s (stalled)")
-            wait = 0.0 if len(batch) == _SEND_BURST else min(self._ping_interval, self._ack_timeout, 0.5)
-            if not box.wait(wait, [sock], ignore_pending=switch_since is not None) and not (tls and sock.pending()):
+            if in_flight and now - last_progress > self._ack_timeout:
+                raise ConnectionLost(f"no ack for {now - last_progress:.1f}s with {in_flight} in flight (stalled)")
+            window_full = in_flight >= _MAX_IN_FLIGHT
+            wait = 0.0 if len(batch) == _SEND_BURST and not window_full else min(self._ping_interval, self._ack_timeout, 0.5)
+            if not box.wait(wait, [sock], ignore_pending=switch_since is not None or window_full) and not (tls and sock.pending()):
                 continue
             data = sock.recv(_RECV_BYTES)
             while tls and sock.pending():
@@ -143,6 +151,7 @@ class WebSocketMode:
             acks: list[str] = []
             for opcode, payload in messages:
                 if opcode == OP_TEXT:
+                    last_progress = last_rx
                     try:
                         answer = parse_server_frame(payload)
                     except ValidationError as e:
