@@ -371,3 +371,55 @@ def test_stop_right_after_start_still_delivers_what_is_stored() -> None:
     flusher = make_flusher(store, ScriptedTransport(), batch_interval=60.0).start()
     assert flusher.stop(timeout=5) is True
     assert store.states() == Counter({DELIVERED: 5})
+
+
+answers = st.sampled_from(["ok", "reject_first", "503", "429", "timeout", "garbage_200", "400", "413", "404", "401"])
+
+
+@settings(max_examples=int(os.environ.get("AOP_HYPOTHESIS_EXAMPLES", "40")), deadline=None)
+@given(st.integers(1, 30), st.integers(1, 12), st.lists(answers, max_size=25), st.integers(1, 4))
+def test_real_loop_under_random_answers_acks_only_after_2xx_and_loses_nothing(n, batch_size, script, retries) -> None:
+    """The real Flusher over random answers: every event ends in one state, acks only for events a 2xx accepted."""
+    store, ids = filled_store(n)
+
+    def reply_for(kind: str):
+        def reply(body: bytes) -> Response:
+            batch = batch_ids_of(body)
+            if kind == "ok":
+                return ok_response(body)
+            if kind == "reject_first":
+                return Response(200, {}, orjson.dumps({"accepted": len(batch) - 1,
+                                                       "rejected": [{"event_id": batch[0], "reason": "no"}]}))
+            if kind == "timeout":
+                return Response(None, error="timeout")
+            if kind == "garbage_200":
+                return Response(200, {}, b"<html>")
+            return Response(int(kind), {"retry-after": "0"}, b"")
+        return reply
+
+    pauses_left = [3]
+
+    def limited(kind: str):
+        inner = reply_for(kind)
+        if kind != "401":
+            return inner
+
+        def reply(body: bytes) -> Response:  # a bounded outage of credentials, then the server accepts again
+            pauses_left[0] -= 1
+            return inner(body) if pauses_left[0] >= 0 else ok_response(body)
+        return reply
+
+    transport = ScriptedTransport([limited(k) for k in script])
+    flusher = make_flusher(store, transport, batch_size=batch_size,
+                           retry_policy=RetryPolicy(max_retries=retries, base=0.0, cap=0.0))
+    flusher.flush(timeout=20)
+    accepted_by_2xx = set()
+    for _, body, response in transport.posts:
+        if response.status is not None and 200 <= response.status < 300 and response.body.startswith(b"{"):
+            rejected = {r["event_id"] for r in orjson.loads(response.body).get("rejected", [])}
+            accepted_by_2xx |= set(batch_ids_of(body)) - rejected
+    states = {i: store.state_of(i) for i in ids}
+    assert {i for i, s in states.items() if s == DELIVERED} <= accepted_by_2xx
+    assert set(states.values()) <= {DELIVERED, DEAD, FALLBACK, PENDING}  # nothing in flight after a flush
+    assert len(store.rows) == n  # nothing lost, nothing duplicated in the store
+    assert store.states()[PENDING] == 0

@@ -134,7 +134,7 @@ def run_crash_loop(tmp_path: Path, collector, seed: int) -> dict:
                 stats = store.stats()
                 return stats.pending == stats.in_flight == stats.fallback == 0 and emitted_ids(work) <= collector.event_ids()
 
-            wait_until(drained, timeout=120, interval=0.2)
+            wait_until(drained, timeout=600 if SOAK else 120, interval=0.2)
             dead = store.stats().dead_letters
         finally:
             store.close()
@@ -165,6 +165,7 @@ def check_no_loss(result: dict, collector) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600 if SOAK else 300)
 def test_sigkilled_flushers_lose_nothing(tmp_path, aop_collector_factory) -> None:
     """Leaders SIGKILLed mid-send and mid-ack in a loop: every returned emit reaches the collector once."""
     collector = aop_collector_factory(process=True)
@@ -173,6 +174,7 @@ def test_sigkilled_flushers_lose_nothing(tmp_path, aop_collector_factory) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600 if SOAK else 300)
 def test_sigkilled_flushers_lose_nothing_under_30_percent_faults(tmp_path, aop_collector_factory) -> None:
     """The same chaos while 30% of requests fail (5xx, 429, drops, hangs; half after storing): 0 lost."""
     faults = FaultConfig(rate_500=0.08, rate_503=0.06, rate_429=0.06, rate_drop=0.05, rate_timeout=0.05,
