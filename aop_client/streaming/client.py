@@ -107,6 +107,7 @@ class StreamingClient(WebSocketMode, HttpMode):
         if isinstance(http_max_events, bool) or not isinstance(http_max_events, int) or http_max_events < 1:
             raise ConfigError(f"http_max_events must be an int >= 1, got {http_max_events!r}", field="http_max_events", value=http_max_events)
         self._http_max_events = http_max_events
+        self._http_limit = http_max_events
         self._rng = rng or random.Random()
         self._outbox = Outbox(max_buffer)
         self._outbox.close()  # nothing is accepted before connect()

@@ -36,6 +36,7 @@ class HttpMode:
             "User-Agent": f"aop-client/{__version__}",
         }
         attempt = 0
+        self._http_limit = self._http_max_events
         try:
             while not self._finished():
                 if self._outbox.head_run() is None:
@@ -52,11 +53,13 @@ class HttpMode:
                 except (urllib3.exceptions.HTTPError, OSError, TransportError) as e:
                     self._outbox.requeue_inflight()
                     attempt += 1
+                    self._http_limit = max(1, self._http_limit // 2)  # a slow server gets smaller requests
                     self._failed(e)
                     if self._stop.is_set():
                         break
                     continue
                 attempt = 0
+                self._http_limit = min(self._http_max_events, self._http_limit * 2)
                 self._connects += 1
                 self._connected.set()
                 self._attempted.set()
@@ -65,19 +68,24 @@ class HttpMode:
             pool.clear()
 
     def _http_body(self, sent: list[str]) -> Iterator[bytes]:
-        """The NDJSON body of one streamed request: up to ``http_max_events`` events within ``http_window`` seconds."""
+        """The NDJSON body of one streamed request: events within ``http_window`` seconds, at most the current limit.
+
+        The limit starts at ``http_max_events``, halves after a failed request
+        (a server too slow to answer within ``ack_timeout`` gets smaller
+        requests instead of the same one again) and doubles after a success.
+        """
         box = self._outbox
         started = time.monotonic()
         while True:
             now = time.monotonic()
-            room = self._http_max_events - len(sent)
+            room = self._http_limit - len(sent)
             run = box.head_run()
             batch = box.take(run, min(_SEND_BURST, room), now) if run is not None and room > 0 else []
             if batch:
                 sent.extend(event.event_id for event in batch)
                 yield b"".join(event.body + b"\n" for event in batch)
             left = self._http_window - (now - started)
-            if left <= 0 or len(sent) >= self._http_max_events or self._stop.is_set() or self._stop_now.is_set():
+            if left <= 0 or len(sent) >= self._http_limit or self._stop.is_set() or self._stop_now.is_set():
                 return
             if not batch:
                 box.wait(left)
