@@ -96,6 +96,7 @@ class DiskStore(InspectionMixin):
         self._drops_flushed_at = 0.0
         self._last_reclaim = time.monotonic()
         self._pressure_reclaim_at = 0.0
+        self._db_failed_at = float("-inf")
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
         self._bodies = BodyReader(self.segment_dir)
 
@@ -111,6 +112,14 @@ class DiskStore(InspectionMixin):
         """This process's index connection (opened lazily; StoreError when impossible)."""
         if self._closed:
             raise StoreError(f"store {self.directory!r} is closed")
+        conn = self._conn
+        if conn is None:
+            with self._lock:
+                return self._open_db()
+        return conn
+
+    def _open_db(self) -> sqlite3.Connection:
+        """Open the index connection once per process (caller holds self._lock)."""
         conn = self._conn
         if conn is None:
             try:
@@ -172,9 +181,15 @@ class DiskStore(InspectionMixin):
         return _STORED
 
     def _conn_or_none(self) -> sqlite3.Connection | None:
+        """The index connection for the append path, or None (retried at most once a second)."""
+        if self._conn is not None:
+            return self._conn
+        if time.monotonic() - self._db_failed_at < 1.0:
+            return None
         try:
             return self._db()
         except StoreError:
+            self._db_failed_at = time.monotonic()
             return None
 
     def _when_full(self, record_len: int) -> AppendResult | None:
