@@ -253,3 +253,46 @@ def test_bad_arguments_raise_config_error(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         HttpTransport(**args)
     assert info.value.field == field
+
+
+def _self_signed_cert(directory) -> tuple[str, str]:
+    """A throwaway self-signed certificate for 127.0.0.1 (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_verify_ssl_refuses_an_untrusted_certificate_and_can_be_turned_off(server: FakeServer, tmp_path) -> None:
+    """verify_ssl=True gives status None on a self-signed server; verify_ssl=False gets the answer."""
+    import ssl
+    import warnings
+
+    cert, key = _self_signed_cert(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    url = server.url.replace("http://", "https://")
+    refused = HttpTransport(url, API_KEY, connect_timeout=2.0).post_batch("b", b"{}", now=time.time())
+    assert refused.status is None and "SSL" in (refused.error or "") and server.requests == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # urllib3 warns about unverified HTTPS, as it should
+        accepted = HttpTransport(url, API_KEY, verify_ssl=False).post_batch("b", b'{"events": []}', now=time.time())
+    assert accepted.status == 200 and len(server.requests) == 1
