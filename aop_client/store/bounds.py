@@ -30,6 +30,7 @@ class UsageGauge:
         self.bytes = 0
         self._at = float("-inf")
         self._avg_record = 400.0
+        self._memo: dict = {}
 
     def has_room(self, record_len: int, conn: sqlite3.Connection | None, *, force: bool = False) -> bool:
         """True when one more record of record_len bytes fits both bounds."""
@@ -66,7 +67,7 @@ class UsageGauge:
             counts = state.counts(conn)
             unindexed_bytes = sum(max(0, size - cursors.get(name, 0)) for name, size in segments)
             if unindexed_bytes <= EXACT_COUNT_BYTES:
-                unindexed = count_unindexed(conn, self.segment_dir)[0]
+                unindexed = count_unindexed(conn, self.segment_dir, self._memo)[0]
             else:
                 unindexed = int(unindexed_bytes / self._avg_record)
         except (sqlite3.Error, OSError):

@@ -99,6 +99,7 @@ class DiskStore(InspectionMixin):
         self._db_failed_at = float("-inf")
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
         self._bodies = BodyReader(self.segment_dir)
+        self._unindexed_memo: dict = {}
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():

@@ -137,7 +137,10 @@ def ingest_pass(
             per_seg: dict[int, int] = {}
             for _, sid, _r in taken:
                 per_seg[sid] = per_seg.get(sid, 0) + 1
-            conn.executemany("UPDATE segments SET live = live + ? WHERE id = ?", [(n, s) for s, n in per_seg.items()])
+            conn.executemany(
+                "UPDATE segments SET live = live + ?, indexed_total = indexed_total + ? WHERE id = ?",
+                [(n, n, s) for s, n in per_seg.items()],
+            )
             state.bump_counts(conn, {state.PENDING: (len(taken), sum(t[2].body_len for t in taken))})
         if cursors:
             conn.executemany("UPDATE segments SET cursor = ? WHERE id = ?", cursors)
@@ -166,31 +169,48 @@ def ingest(
             return total
 
 
-def count_unindexed(conn: sqlite3.Connection, segment_dir: str) -> tuple[int, int, float | None]:
-    """(records, bytes, oldest appended_at) in segments past their cursors; read-only header walk."""
-    cursors = dict(conn.execute("SELECT name, cursor FROM segments"))
+def count_unindexed(
+    conn: sqlite3.Connection, segment_dir: str, memo: dict | None = None
+) -> tuple[int, int, float | None]:
+    """(records, bytes, oldest appended_at) not yet indexed; read-only.
+
+    Counts the valid records of each segment from its start (remembered in
+    ``memo`` between calls, so a later call only reads what was appended since)
+    and subtracts the records the index took from it.
+    """
+    memo = {} if memo is None else memo
+    known = {name: (cursor, indexed) for name, cursor, indexed in conn.execute("SELECT name, cursor, indexed_total FROM segments")}
     records = 0
     nbytes = 0
     oldest: float | None = None
+    present = set()
     for name, size in list_segments(segment_dir):
-        cursor = cursors.get(name, 0)
+        present.add(name)
+        cursor, indexed = known.get(name, (0, 0))
         if size <= cursor:
             continue
         nbytes += size - cursor
         path = os.path.join(segment_dir, name)
-        pos = cursor
-        while pos < size:
-            try:
-                buf = read_at(path, pos, min(DEFAULT_CHUNK, size - pos))
-            except FileNotFoundError:
-                break
-            res = decode_run(buf, pos)
-            for item in res.items:
-                if type(item) is Record:
-                    records += 1
-                    if oldest is None or item.appended_at < oldest:
-                        oldest = item.appended_at
-            if res.consumed == 0:
-                break
-            pos += res.consumed
+        walked_to, valid = memo.get(name, (0, 0))
+        if walked_to > size:  # the file shrank (truncated): start over
+            walked_to, valid = 0, 0
+        try:
+            while walked_to < size:
+                buf = read_at(path, walked_to, min(DEFAULT_CHUNK, size - walked_to))
+                res = decode_run(buf, walked_to)
+                valid += sum(1 for item in res.items if type(item) is Record)
+                if res.consumed == 0:
+                    break
+                walked_to += res.consumed
+            head = decode_run(read_at(path, cursor, min(64 * 1024, size - cursor)), cursor).items
+        except FileNotFoundError:
+            continue
+        memo[name] = (walked_to, valid)
+        records += max(0, valid - indexed)
+        first = next((i for i in head if type(i) is Record), None)
+        if first is not None and (oldest is None or first.appended_at < oldest):
+            oldest = first.appended_at
+    for name in list(memo):
+        if name not in present:
+            del memo[name]
     return records, nbytes, oldest

@@ -95,7 +95,7 @@ class InspectionMixin:
         conn = self._db()
         with self._lock:
             counts = state.counts(conn)
-            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir)
+            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir, self._unindexed_memo)
             row = conn.execute("SELECT appended_at FROM events WHERE state = 0 ORDER BY ord LIMIT 1").fetchone()
             dropped = state.dropped(conn)
             quarantined = state.meta_value(conn, "quarantined")

@@ -25,7 +25,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS segments(
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL,
-    cursor INTEGER NOT NULL DEFAULT 0, live INTEGER NOT NULL DEFAULT 0);
+    cursor INTEGER NOT NULL DEFAULT 0, live INTEGER NOT NULL DEFAULT 0,
+    indexed_total INTEGER NOT NULL DEFAULT 0);  -- live = rows left, indexed_total = records ever indexed
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY AUTOINCREMENT, ord INTEGER NOT NULL, seg INTEGER NOT NULL,
     off INTEGER NOT NULL, len INTEGER NOT NULL, body_len INTEGER NOT NULL,
@@ -60,6 +61,10 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-8000")
     conn.execute("PRAGMA wal_autocheckpoint=4096")  # fewer checkpoint fsyncs on the drain path
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 1 and "indexed_total" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)")}:
+        with Txn(conn):  # stores created before the column existed
+            conn.execute("ALTER TABLE segments ADD COLUMN indexed_total INTEGER NOT NULL DEFAULT 0")
+            conn.execute("UPDATE segments SET indexed_total = (SELECT COUNT(*) FROM events WHERE events.seg = segments.id)")
     if version == 0:
         with Txn(conn):
             if conn.execute("PRAGMA user_version").fetchone()[0] == 0:

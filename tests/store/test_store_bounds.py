@@ -137,3 +137,26 @@ def test_handle_created_before_fork_works_in_child_without_duplicates(tmp_path) 
     assert [e for e in got if e.startswith("p")] == [f"p{i}" for i in range(1, 101)]
     assert len(os.listdir(tmp_path / "s" / "segments")) == 2
     store.close()
+
+
+def test_pending_is_exact_while_a_backlog_is_partly_indexed(tmp_path) -> None:
+    """stats().pending counts indexed and not-yet-indexed events exactly, across handles and segments."""
+    a = DiskStore(tmp_path / "s", segment_bytes=1024 * 1024)
+    b = DiskStore(tmp_path / "s")
+    for i in range(1, 6001):
+        assert a.append(f"a{i}", "ra", i, b"x" * 400).stored
+    epoch = b.begin_epoch()
+    leased = b.lease(10, 1 << 20)
+    assert [e.event_id for e in leased] == [f"a{i}" for i in range(1, 11)]
+    indexed = b._db().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert 10 < indexed < 6000, "the point is a partly indexed backlog"
+    s = b.stats()
+    assert (s.pending, s.in_flight) == (5990, 10)
+    for i in range(1, 101):
+        assert b.append(f"b{i}", "rb", i, b"y").stored
+    b.ack([e.ref for e in leased], epoch=epoch)
+    fresh = DiskStore(tmp_path / "s")
+    assert fresh.stats().pending == b.stats().pending == 6090
+    assert fresh.stats().delivered_retained == 10
+    for store in (a, b, fresh):
+        store.close()
