@@ -43,6 +43,8 @@ IngestResult = tuple[str, "str | None"]
 Ingest = Callable[[dict], IngestResult]
 
 MAX_LINE_BYTES = 1_000_000 + 1024
+#: Frames (or NDJSON lines) handled between two returns to the event loop.
+_YIELD_EVERY = 64
 
 
 @dataclass
@@ -209,6 +211,9 @@ async def _ws_loop(
             acks.flush()
             await ws.close(message=b"injected close")
             break
+        if count % _YIELD_EVERY == 0:  # let acks out and timers run while a backlog is being worked off
+            acks.flush()
+            await asyncio.sleep(0)
 
 
 class _AckCoalescer:
@@ -285,6 +290,8 @@ def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faul
                     duplicates += 1
                 else:
                     rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
+                if count % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 if (faults.reset_after is not None and count >= faults.reset_after) or (
                     faults.close_after is not None and count >= faults.close_after
                 ):

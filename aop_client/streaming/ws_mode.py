@@ -24,7 +24,7 @@ log = logging.getLogger("aop_client.streaming")
 
 _SEND_BURST = 512
 #: Sent-but-unacknowledged events per connection: flow control, and a bound on what a reconnect re-sends.
-_MAX_IN_FLIGHT = 4096
+_MAX_IN_FLIGHT = 2048
 _RECV_BYTES = 256 * 1024
 
 
