@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import signal
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -112,19 +113,26 @@ def run_crash_loop(tmp_path: Path, collector, seed: int) -> dict:
     election = FlusherElection(spool)
     procs = [spawn_child(ctx, spool, collector, str(work), EVENTS_PER_CHILD, seed * 100 + i) for i in range(3)]
     external_kills = 0
+    takeovers: list[float] = []
     try:
         for loop in range(KILL_LOOPS):
             wait_until(lambda: (election.holder() or {}).get("alive"), timeout=20)
             time.sleep(rng.uniform(0.05, 0.6))  # chaos timing: let the leader get mid-batch, not a sync wait
             holder = election.holder() or {}
             victims = [p for p in procs if p.pid == holder.get("pid") and p.is_alive()]
+            killed_at = time.monotonic()
             for victim in victims:
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.join(10)
                 external_kills += 1
             procs = [p for p in procs if p.is_alive()]
-            while len(procs) < 3:
+            while len(procs) < 3:  # workers that died (killed here or by their own chaos) are replaced
                 procs.append(spawn_child(ctx, spool, collector, str(work), EVENTS_PER_CHILD, seed * 100 + 10 + loop))
+            if victims:
+                gone = victims[0].pid
+                wait_until(lambda: (election.holder() or {}).get("pid") not in (None, gone)
+                           and (election.holder() or {}).get("alive"), timeout=20)
+                takeovers.append(time.monotonic() - killed_at)
         (work / "chaos").unlink()
         procs = [p for p in procs if p.is_alive()]
         procs.append(spawn_child(ctx, spool, collector, str(work), 0, seed * 100 + 99))  # a calm survivor
@@ -147,7 +155,8 @@ def run_crash_loop(tmp_path: Path, collector, seed: int) -> dict:
             if proc.is_alive():
                 proc.kill()
     kills = (work / "kills.log").read_text().split() if (work / "kills.log").exists() else []
-    return {"emitted": emitted_ids(work), "external_kills": external_kills, "self_kills": kills, "dead": dead}
+    return {"emitted": emitted_ids(work), "external_kills": external_kills, "self_kills": kills, "dead": dead,
+            "takeovers": takeovers}
 
 
 def check_no_loss(result: dict, collector) -> None:
@@ -161,6 +170,7 @@ def check_no_loss(result: dict, collector) -> None:
     assert stats["deliveries"] == stats["events"] + stats["duplicates"]  # ... every resend absorbed by event_id
     assert all(collector.delivery_count(i) >= 1 for i in list(result["emitted"])[:200])
     assert result["external_kills"] >= KILL_LOOPS // 2 and result["self_kills"]
+    assert statistics.median(result["takeovers"]) < 1.0  # a live process takes over within a second
     assert len(result["emitted"]) >= 3 * EVENTS_PER_CHILD // 2
 
 
