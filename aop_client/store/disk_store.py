@@ -22,7 +22,7 @@ from .boundary import translated
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
 from .layout import prepare_directory
-from .ingest import ingest
+from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
 from .segments import SegmentWriter, next_ord
@@ -100,6 +100,7 @@ class DiskStore(InspectionMixin):
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
+        self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
@@ -279,7 +280,7 @@ class DiskStore(InspectionMixin):
         now = self._clock()
         with self._lock:
             if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 2 * max_events):
-                ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload,
+                ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, body_cache=self._body_cache,
                        target_pending=max(INDEX_LOW_WATER, 2 * max_events))
             with state.Txn(conn):
                 if epoch is not None:
@@ -301,7 +302,7 @@ class DiskStore(InspectionMixin):
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
         """Read and verify bodies; damaged records are quarantined and left out."""
         out, damaged = [], []
-        for row, body in zip(rows, self._bodies.read_many(conn, rows)):
+        for row, body in zip(rows, self._bodies.read_many(conn, rows, self._body_cache)):
             if body is None:
                 damaged.append((row[0], row[1], row[10], row[8]))
             else:

@@ -23,6 +23,35 @@ DEFAULT_CHUNK = 1 << 20
 QUARANTINE_COPY_LIMIT = 1 << 20
 
 
+class BodyCache:
+    """Bodies verified at ingest, kept (bounded, oldest dropped first) for the lease that follows."""
+
+    def __init__(self, max_bytes: int = 16 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._bodies: dict[tuple[int, int], tuple[str, bytes]] = {}
+        self._bytes = 0
+
+    def put(self, seg: int, offset: int, event_id: str, body: bytes) -> None:
+        """Remember one verified body."""
+        self._bodies[(seg, offset)] = (event_id, body)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes and self._bodies:
+            self._bytes -= len(self._bodies.pop(next(iter(self._bodies)))[1])
+
+    def take(self, seg: int, offset: int, event_id: str) -> bytes | None:
+        """The body stored for (seg, offset) if it belongs to event_id (removed either way); else None."""
+        entry = self._bodies.pop((seg, offset), None)
+        if entry is None:
+            return None
+        self._bytes -= len(entry[1])
+        return entry[1] if entry[0] == event_id else None
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._bodies.clear()
+        self._bytes = 0
+
+
 def save_quarantined(quarantine_dir: str, segment: str, offset: int, data: bytes) -> None:
     """Best-effort copy of damaged bytes for forensics (0600; failures ignored)."""
     try:
@@ -63,8 +92,12 @@ def ingest_pass(
     *,
     chunk: int = DEFAULT_CHUNK,
     max_payload: int,
+    body_cache: "BodyCache | None" = None,
 ) -> tuple[int, bool]:
-    """Index one chunk of every segment; returns (records added, whether more data is waiting)."""
+    """Index one chunk of every segment; returns (records added, whether more data is waiting).
+
+    With a body_cache, the bodies just verified are kept for the lease that follows.
+    """
     with state.Txn(conn):
         known = {name: (sid, cursor) for sid, name, cursor in conn.execute("SELECT id, name, cursor FROM segments")}
         reads = []
@@ -110,6 +143,9 @@ def ingest_pass(
                         stopped = True
                         break
                     taken.append((item.ord_ns, sid, item))
+                    if body_cache is not None:
+                        rel = item.body_offset - cursor
+                        body_cache.put(sid, item.offset, item.event_id, buf[rel : rel + item.body_len])
                     new_cursor = item.offset + item.length
                 else:
                     quarantined += 1
@@ -157,11 +193,14 @@ def ingest(
     max_payload: int,
     target_pending: int | None = None,
     chunk: int = DEFAULT_CHUNK,
+    body_cache: "BodyCache | None" = None,
 ) -> int:
     """Index new records until the index holds target_pending pending events (None: everything)."""
     total = 0
     while True:
-        added, more = ingest_pass(conn, segment_dir, quarantine_dir, chunk=chunk, max_payload=max_payload)
+        added, more = ingest_pass(
+            conn, segment_dir, quarantine_dir, chunk=chunk, max_payload=max_payload, body_cache=body_cache
+        )
         total += added
         if not more:
             return total

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from .ingest import BodyCache
 from .records import body_if_intact
 
 MAX_OPEN = 64
@@ -33,10 +34,15 @@ class BodyReader:
             self._fds[seg] = fd
         return fd
 
-    def read_many(self, conn: sqlite3.Connection, rows: list) -> list[bytes | None]:
-        """Bodies for many rows, reading each run of adjacent records with one pread."""
+    def read_many(self, conn: sqlite3.Connection, rows: list, cache: BodyCache | None = None) -> list[bytes | None]:
+        """Bodies for many rows (from the ingest cache, else one pread per run of adjacent records)."""
         out: list[bytes | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: (rows[i][1], rows[i][2]))
+        missing = range(len(rows))
+        if cache is not None:
+            for i, row in enumerate(rows):
+                out[i] = cache.take(row[1], row[2], row[4])
+            missing = [i for i in missing if out[i] is None]
+        order = sorted(missing, key=lambda i: (rows[i][1], rows[i][2]))
         k = 0
         while k < len(order):
             first = rows[order[k]]
