@@ -34,6 +34,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from typing import Any, Callable, Optional, Sequence
 
@@ -55,6 +56,18 @@ log = logging.getLogger("aop_client.flusher")
 _POLL = 0.25  # longest wait between store polls while elected and idle
 _ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
+
+_live_flushers: "weakref.WeakSet[Flusher]" = weakref.WeakSet()
+
+
+def _reset_flushers_in_child() -> None:
+    for flusher in list(_live_flushers):
+        flusher._after_fork_in_child()
+
+
+# A forked child inherits this process's Flusher objects but not their thread, and
+# possibly locks that a parent thread held at fork time: start the child afresh.
+os.register_at_fork(after_in_child=_reset_flushers_in_child)
 
 
 class Flusher:
@@ -110,6 +123,19 @@ class Flusher:
         self._flush_cond = threading.Condition(self._lock)
         self._counts: dict[str, int] = defaultdict(int)
         self._last_error: Optional[str] = None
+        self._paused = False
+        _live_flushers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: fresh locks and events, no thread, not leader, own counters."""
+        self._lock = threading.Lock()
+        self._flush_cond = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = None
+        self._epoch = None
+        self._flush_asked = self._flush_done = self._fallback_retried_for = 0
+        self._counts = defaultdict(int)
         self._paused = False
 
     def __repr__(self) -> str:

@@ -423,3 +423,26 @@ def test_real_loop_under_random_answers_acks_only_after_2xx_and_loses_nothing(n,
     assert set(states.values()) <= {DELIVERED, DEAD, FALLBACK, PENDING}  # nothing in flight after a flush
     assert len(store.rows) == n  # nothing lost, nothing duplicated in the store
     assert store.states()[PENDING] == 0
+
+
+def test_forked_child_gets_a_fresh_flusher_even_if_a_parent_thread_held_its_lock() -> None:
+    """Fork while a parent thread holds the flusher's lock: the child's stats/stop return at once, not leader."""
+    store, _ = filled_store(2)
+    flusher = make_flusher(store, ScriptedTransport(), batch_interval=0.0)
+    with flusher._lock:  # as if another thread were inside stats() at fork time
+        pid = os.fork()
+        if pid == 0:  # the child: must not deadlock, must not believe it leads
+            try:
+                ok = flusher.stats()["is_leader"] is False and flusher._thread is None
+                ok = ok and flusher.stop(timeout=1.0, flush=False) is True
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+    reaped = None
+    try:
+        reaped = wait_until(lambda: (lambda r: r if r[0] else None)(os.waitpid(pid, os.WNOHANG)), timeout=10)
+    finally:
+        if reaped is None:  # a hung child is a failure; never leave it behind
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(reaped[1]) == 0
