@@ -9,8 +9,8 @@ Usage: ``python aop_it_emitter.py MODE [ARGS]`` (settings from the AOP_IT_* envi
   client within a bounded time even when the server hangs.
 * ``drain``: a later process: start a client on the same spool, flush, stop;
   prints ``{"drained": bool, "pending": int}``.
-* ``fork-children N K``: a started client that keeps emitting from a thread
-  while this process forks N children in a row (they run at once); every child emits K
+* ``fork-children N K``: a started client that keeps emitting from one thread
+  and reading ``get_stats()`` from another while this process forks N children in a row (they run at once); every child emits K
   events through the inherited client, reports ``<pid> <is_flusher>
   <holder pid>`` to the file in ``AOP_IT_REPORT`` and leaves normally (odd
   children) or through ``os._exit`` (even children). The parent waits for all
@@ -19,6 +19,7 @@ Usage: ``python aop_it_emitter.py MODE [ARGS]`` (settings from the AOP_IT_* envi
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -66,14 +67,21 @@ def fork_children(children: int, per_child: int) -> None:
             aop_it_support.emit_run(client, 1, "parent-during-forks")
             stopping.wait(0.002)
 
+    def keep_polling_stats() -> None:  # like a metrics exporter: the store is queried while children fork
+        while not stopping.is_set():
+            client.get_stats()
+
     emitter = threading.Thread(target=keep_emitting, daemon=True)
     emitter.start()
+    poller = threading.Thread(target=keep_polling_stats, daemon=True)
+    poller.start()
     pids = []
     for index in range(children):
         pid = os.fork()
         if pid == 0:
             run_child(client, election, per_child, normal_exit=index % 2 == 1)
         pids.append(pid)
+        stopping.wait(0.003)  # lets the parent's threads get back into the store between forks
     codes, hung = {}, []
     deadline = time.monotonic() + CHILD_DEADLINE
     while len(codes) + len(hung) < len(pids):
@@ -90,12 +98,14 @@ def fork_children(children: int, per_child: int) -> None:
         time.sleep(0.005)  # polling the children's exits; the deadline bounds it
     stopping.set()
     emitter.join(timeout=10)
+    poller.join(timeout=10)
     drained = client.stop(timeout=15)
     print(json.dumps({"parent": os.getpid(), "hung": hung, "codes": sorted(codes.values()), "drained": drained}), flush=True)
 
 
 def run_child(client, election: FlusherElection, per_child: int, *, normal_exit: bool) -> None:
     """The body of one forked child: emit through the inherited client, report, leave."""
+    faulthandler.dump_traceback_later(CHILD_DEADLINE / 2)  # a stuck child shows where it is stuck (stderr)
     try:
         aop_it_support.emit_run(client, per_child, "forked-child")
         holder = election.holder() or {}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import aop_it_support as support
 
-CHILDREN = 40 if support.SOAK else 12
+CHILDREN = 120 if support.SOAK else 60
 PER_CHILD = 3
 EXIT_BOUND_S = 5.0
 
