@@ -6,8 +6,9 @@ Every path starts at ``emit_event`` of a real AOPClient (validate, sign,
 durable append) and ends when the server has stored the event; the server runs
 in its own process on loopback. Paths, side by side in one run:
 
-* ws       : StreamingClient, WebSocket: sign + send_event (the stream alone)
-* http     : StreamingClient, chunked NDJSON: sign + send_event
+* ws       : StreamingClient, WebSocket: sign + send_event (the stream alone;
+             the throughput burst is signed up front)
+* http     : StreamingClient, chunked NDJSON: the same
 * hybrid   : HybridClient(AOPClient, "websocket"): emit_event = store + stream
 * batch    : AOPClient alone: emit_event, then the elected flusher's batch upload
              (batch_size 100, batch_interval 0.1 s: generous to the batch path)
@@ -150,8 +151,9 @@ class RawStream:
             run_id=self.trace_builder.run_id, max_buffer=200_000, http_window=0.05,
         )
 
-    def emit_event(self, event: dict) -> bool:
-        return self.stream.send_event(signed_body(event, SALT)[1])
+    def emit_event(self, event: dict | bytes) -> bool:
+        """Sign (unless given signed bytes) and stream."""
+        return self.stream.send_event(event if isinstance(event, bytes) else signed_body(event, SALT)[1])
 
     def __enter__(self) -> "RawStream":
         self.stream.connect()
@@ -216,14 +218,17 @@ def run_path(server: Server, workdir: str, path: str, rate: float, seconds: floa
             builder = base.trace_builder  # type: ignore[attr-defined]
             run_id = builder.run_id
             count = int(rate * seconds) if phase == "paced" else burst
-            events = [event(builder, i) for i in range(count)]  # built up front: the builder is not the path
+            events: list = [event(builder, i) for i in range(count)]  # built up front: the builder is not the path
+            if phase == "burst" and isinstance(active, RawStream):
+                events = [signed_body(e, SALT)[1] for e in events]  # the stream's own throughput: signed up front
             start = time.monotonic()
             for i, ev in enumerate(events):
                 if phase == "paced":
                     due = start + i / rate
                     while (now := time.monotonic()) < due:
                         time.sleep(min(due - now, 0.0005))
-                ev["payload"]["safety_checks"][0]["t0"] = time.time()  # emit time, covered by the signature
+                if isinstance(ev, dict):
+                    ev["payload"]["safety_checks"][0]["t0"] = time.time()  # emit time, covered by the signature
                 active.emit_event(ev)
             wait_held(server, run_id, count, 300)
             elapsed = time.monotonic() - start
