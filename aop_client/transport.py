@@ -18,6 +18,7 @@ import http.client
 import os
 import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -35,6 +36,17 @@ __all__ = ["HttpTransport", "Response", "BATCH_PATH", "USER_AGENT"]
 BATCH_PATH = "/api/v1/traces/batch"
 USER_AGENT = f"aop-client/{__version__}"
 _READ_CHUNK = 64 * 1024
+
+_live_transports: "weakref.WeakSet[HttpTransport]" = weakref.WeakSet()
+
+
+def _reset_transports_in_child() -> None:
+    for transport in list(_live_transports):
+        transport._after_fork_in_child()
+
+
+# Pooled sockets and a lock a parent thread may hold at fork time must not reach the child.
+os.register_at_fork(after_in_child=_reset_transports_in_child)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,13 @@ class HttpTransport:
         self._salt = org_salt_key or None
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
+        self._pool_pid = -1
+        _live_transports.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh lock and no pool (the parent's sockets are never used here)."""
+        self._lock = threading.Lock()
+        self._pool = None
         self._pool_pid = -1
 
     def __repr__(self) -> str:

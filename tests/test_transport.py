@@ -16,6 +16,7 @@ from aop_client._version import __version__
 from aop_client.core.outcome import Delivered, Retry, classify
 from aop_client.errors import ConfigError
 from aop_client.signing import verify_request
+from aop_client.testing import wait_until
 from aop_client.transport import BATCH_PATH, HttpTransport
 
 API_KEY = "aop_test_key_123"
@@ -296,3 +297,28 @@ def test_verify_ssl_refuses_an_untrusted_certificate_and_can_be_turned_off(serve
         warnings.simplefilter("ignore")  # urllib3 warns about unverified HTTPS, as it should
         accepted = HttpTransport(url, API_KEY, verify_ssl=False).post_batch("b", b'{"events": []}', now=time.time())
     assert accepted.status == 200 and len(server.requests) == 1
+
+
+def test_forked_child_uses_its_own_connection(server: FakeServer) -> None:
+    """A transport used before fork (lock held at fork time) works in the child on a new connection."""
+    import os
+
+    transport = HttpTransport(server.url, API_KEY)
+    assert transport.post_batch("parent", b"{}", now=time.time()).status == 200
+    with transport._lock:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                status = transport.post_batch("child", b"{}", now=time.time()).status
+                os._exit(0 if status == 200 else 1)
+            except BaseException:
+                os._exit(2)
+    reaped = None
+    try:
+        reaped = wait_until(lambda: (lambda r: r if r[0] else None)(os.waitpid(pid, os.WNOHANG)), timeout=10)
+    finally:
+        if reaped is None:  # a hung child is a failure; never leave it behind
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(reaped[1]) == 0
+    assert [r["headers"]["Idempotency-Key"] for r in server.requests] == ["parent", "child"]
