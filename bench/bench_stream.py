@@ -257,6 +257,7 @@ def pct(samples: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
+    """Run every path against one server process and print the table, the ratios and the targets."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=3.0)

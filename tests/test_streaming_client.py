@@ -298,3 +298,25 @@ def test_repr_and_stats_never_show_the_api_key(server: Served) -> None:
     """The api key appears neither in repr() nor in stats()."""
     client = StreamingClient(server.streaming_url, api_key="super-secret-key-123")
     assert "super-secret" not in repr(client) and "super-secret" not in repr(client.stats())
+
+
+@pytest.mark.parametrize("mode", ["websocket", "http"])
+def test_refused_handshakes_are_retried_until_the_server_recovers(server: Served, mode: str) -> None:
+    """While the server answers 503 to every handshake nothing is lost; after it recovers all events arrive in order."""
+    bodies = make_run(40)
+    server.faults.refuse_handshake = 503
+    client = client_for(server, mode, run_id=run_of(bodies))
+    if mode == "websocket":
+        with pytest.raises(TransportError) as info:
+            client.connect()
+        assert info.value.status == 503
+    else:
+        client.connect()
+    for body in bodies:
+        assert client.send_event(body)
+    wait_until(lambda: "503" in (client.stats()["last_error"] or ""), timeout=20)
+    assert server.arrival_seqs(run_of(bodies)) == []
+    server.faults.refuse_handshake = None
+    assert client.flush(20.0) is True
+    client.disconnect()
+    assert_run_complete_in_order(server, bodies)

@@ -51,22 +51,26 @@ class StandInBaseClient:
         self.started = self.stopped = False
 
     def start(self) -> "StandInBaseClient":
+        """Nothing to start: the stand-in has no flusher."""
         self.started = True
         return self
 
     def emit_event(self, event: dict) -> StandInResult:
+        """Sign and keep the event, like the durable store would."""
         _, body = signed_body(event, self.config.org_salt_key)
         with self._lock:
             self.stored[event["event_id"]] = body
         return StandInResult(True, event["event_id"], event["run_id"], body)
 
     def mark_delivered(self, event_ids: Iterable[str]) -> int:
+        """Record stream-acknowledged events; returns how many were new."""
         with self._lock:
             new = set(event_ids) - self.delivered
             self.delivered |= new
         return len(new)
 
     def finalize(self, timeout: float = 30.0) -> bool:
+        """Upload every event not yet delivered in one request (the batch path)."""
         with self._lock:
             left = [(i, b) for i, b in self.stored.items() if i not in self.delivered]
         if left:
@@ -83,6 +87,7 @@ class StandInBaseClient:
         return True
 
     def stop(self, timeout: float = 10.0) -> bool:
+        """Remember that stop() was called."""
         self.stopped = True
         return True
 
@@ -207,7 +212,10 @@ def test_emit_event_passes_through_refusals() -> None:
     """An event the base client did not store is returned as is and never streamed."""
 
     class Refusing(StandInBaseClient):
+        """A base client whose store is full."""
+
         def emit_event(self, event: dict) -> StandInResult:
+            """Refuse every event."""
             return StandInResult(False, event["event_id"], event["run_id"], b"", reason="full")
 
     dead_url = f"ws://127.0.0.1:{closed_port()}/ws/trace/"

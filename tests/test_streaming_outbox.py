@@ -27,6 +27,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.acked = 0
 
     def teardown(self) -> None:
+        """Release the outbox's wake-up pipe."""
         self.box.close()
 
     @rule(run=st.sampled_from(RUNS))
@@ -111,6 +112,7 @@ def test_wait_returns_when_a_producer_offers() -> None:
     woke = threading.Event()
 
     def sleeper() -> None:
+        """Sleep in wait() until woken."""
         box.wait(30.0, ignore_pending=True)
         woke.set()
 

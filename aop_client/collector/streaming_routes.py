@@ -149,6 +149,7 @@ def add_streaming_routes(
 
 def _ws_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
     async def handle(request: web.Request) -> web.StreamResponse:
+        """GET /ws/trace/{run_id}: check the bearer token, upgrade, ack or nack every frame."""
         if faults.refuse_handshake:
             return web.json_response({"error": "injected failure"}, status=faults.refuse_handshake)
         if not _authorized(request, api_key):
@@ -264,6 +265,7 @@ async def _send_later(ws: web.WebSocketResponse, frame: str, delay: float) -> No
 
 def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
     async def handle(request: web.Request) -> web.StreamResponse:
+        """POST /api/v1/traces/stream: read NDJSON lines as they come, answer with the batch response."""
         if faults.refuse_handshake:
             return web.json_response({"error": "injected failure"}, status=faults.refuse_handshake)
         if not _authorized(request, api_key):
