@@ -175,14 +175,6 @@ class Outbox:
             self._notify_if_empty()
         return count
 
-    def oldest_inflight_age(self, now: float) -> float:
-        """Seconds since the oldest unacknowledged event was sent (0.0 when none)."""
-        with self._lock:
-            if not self._inflight:
-                return 0.0
-            _, sent_at = next(iter(self._inflight.values()))
-        return now - sent_at
-
     def counts(self) -> tuple[int, int]:
         """(pending, in_flight) right now."""
         with self._lock:
