@@ -112,6 +112,7 @@ class Flusher:
             self._lease_fenced = False
         self._epoch: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
+        self._one_shot: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -132,7 +133,7 @@ class Flusher:
         self._flush_cond = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread = None
+        self._thread = self._one_shot = None
         self._epoch = None
         self._flush_asked = self._flush_done = self._fallback_retried_for = 0
         self._counts = defaultdict(int)
@@ -170,9 +171,12 @@ class Flusher:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         if self._thread is None or not self._thread.is_alive():
-            worker = threading.Thread(target=self._run, kwargs={"one_shot": True}, name="aop-flush", daemon=True)
-            self._stop.clear()
-            worker.start()
+            worker = self._one_shot
+            if worker is None or not worker.is_alive():  # never two drains at once (one may still be in a POST)
+                worker = threading.Thread(target=self._run, kwargs={"one_shot": True}, name="aop-flush", daemon=True)
+                self._one_shot = worker
+                self._stop.clear()
+                worker.start()
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive():
                 self._stop.set()
@@ -234,6 +238,10 @@ class Flusher:
     def _run(self, one_shot: bool = False) -> None:
         try:
             while not self._stop.is_set():
+                one_shot_worker = self._one_shot
+                if not one_shot and one_shot_worker is not None and one_shot_worker.is_alive():
+                    self._stop.wait(self.election_poll)  # a flush() drain still runs: one drain at a time
+                    continue
                 if self._epoch is None and not self._campaign():
                     if one_shot and self._store_is_drained():
                         return None  # another process leads and has drained everything

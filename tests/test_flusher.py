@@ -446,3 +446,23 @@ def test_forked_child_gets_a_fresh_flusher_even_if_a_parent_thread_held_its_lock
             os.kill(pid, 9)
             os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(reaped[1]) == 0
+
+
+def test_flush_timing_out_never_runs_two_drains_at_once() -> None:
+    """A flush() stuck in a hanging POST times out; a second flush() waits for that drain instead of starting another."""
+    store, _ = filled_store(4)
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(body: bytes) -> Response:
+        entered.set()
+        release.wait(30)
+        return ok_response(body)
+
+    transport = ScriptedTransport([hang])
+    flusher = make_flusher(store, transport)
+    assert flusher.flush(timeout=0.3) is False and entered.is_set()
+    assert flusher.flush(timeout=0.3) is False
+    assert len(transport.posts) == 0  # the first POST is still hanging; no second drain posted anything
+    release.set()
+    wait_until(lambda: store.states() == Counter({DELIVERED: 4}), timeout=10)
+    assert len(transport.posts) == 1
