@@ -127,10 +127,14 @@ def move(
     """Move the given events that are in from_states to to_state; returns how many moved."""
     if not ids:
         return 0
-    ids_json = json.dumps(list(ids))
+    ids = list(ids)
+    ids_json = json.dumps(ids)
+    wanted = len(set(ids))
     deltas: dict[int, tuple[int, int]] = {}
     moved_n = moved_b = 0
     for from_state in from_states:
+        if moved_n >= wanted:
+            break  # every event already moved: skip the lookups for the other source states
         # "+state": look rows up by id, not through the (state, ord) index.
         lens = conn.execute(
             f"UPDATE events SET state = ?{extra} WHERE id IN ({_IDS}) AND +state = ? RETURNING body_len",
