@@ -45,7 +45,7 @@ from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, fallback_file_name, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
-from .errors import FencedError
+from .errors import ConfigError, FencedError
 from .store.api import Store, StoredEvent
 from .transport import HttpTransport
 
@@ -92,12 +92,17 @@ class Flusher:
         election_poll: float = 0.1,
         fallback_retry_interval: float = 60.0,
     ) -> None:
+        for name, value, low in (("batch_size", batch_size, 1), ("max_batch_bytes", max_batch_bytes, 1),
+                                 ("batch_interval", batch_interval, 0), ("election_poll", election_poll, 0.01),
+                                 ("fallback_retry_interval", fallback_retry_interval, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+                raise ConfigError(f"{name} must be a number >= {low}, got {value!r}", field=name, value=value)
         self.store = store
         self.transport = transport
         self.election = election
-        self.batch_size = max(1, int(batch_size))
-        self.batch_interval = max(0.0, float(batch_interval))
-        self.max_batch_bytes = max(1, int(max_batch_bytes))
+        self.batch_size = int(batch_size)
+        self.batch_interval = float(batch_interval)
+        self.max_batch_bytes = int(max_batch_bytes)
         self.retry_policy = retry_policy or RetryPolicy()
         self.fallback_dir = fallback_dir
         self.pre_send_hook = pre_send_hook
@@ -105,7 +110,7 @@ class Flusher:
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
         self.on_error = on_error
-        self.election_poll = max(0.01, float(election_poll))
+        self.election_poll = float(election_poll)
         try:  # DiskStore.lease also fences (an additive keyword beyond the Store protocol)
             self._lease_fenced = "epoch" in inspect.signature(store.lease).parameters
         except (TypeError, ValueError):
@@ -119,7 +124,7 @@ class Flusher:
         self._flush_asked = 0  # flush generations requested ...
         self._flush_done = 0  # ... and completed by the leader loop
         self._fallback_retried_for = 0  # the last flush generation for which parked events were retried
-        self.fallback_retry_interval = max(0.0, float(fallback_retry_interval))
+        self.fallback_retry_interval = float(fallback_retry_interval)
         self._fallback_retried_at = time.monotonic()
         self._flush_cond = threading.Condition(self._lock)
         self._counts: dict[str, int] = defaultdict(int)
@@ -138,6 +143,7 @@ class Flusher:
         self._flush_asked = self._flush_done = self._fallback_retried_for = 0
         self._counts = defaultdict(int)
         self._paused = False
+        self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
         return f"Flusher(store={getattr(self.store, 'directory', '?')!r}, leader={self.is_leader})"

@@ -466,3 +466,15 @@ def test_flush_timing_out_never_runs_two_drains_at_once() -> None:
     release.set()
     wait_until(lambda: store.states() == Counter({DELIVERED: 4}), timeout=10)
     assert len(transport.posts) == 1
+
+
+@pytest.mark.parametrize("kwargs, field", [({"batch_size": 0}, "batch_size"), ({"batch_interval": -1.0}, "batch_interval"),
+                                           ({"max_batch_bytes": 0}, "max_batch_bytes"),
+                                           ({"election_poll": 0.0}, "election_poll")])
+def test_bad_settings_raise_config_error(kwargs: dict, field: str) -> None:
+    """Bad flusher settings raise ConfigError naming the field."""
+    from aop_client.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Flusher(MemoryStore(), ScriptedTransport(), SoloElection(), **kwargs)
+    assert info.value.field == field
