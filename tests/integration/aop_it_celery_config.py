@@ -8,11 +8,11 @@ from celery import Celery
 
 
 def broker_options(broker_dir: str) -> dict:
-    """kombu filesystem transport options: one queue folder, processed messages dropped."""
+    """kombu filesystem transport options: everything under broker_dir, processed messages dropped."""
     queue = os.path.join(broker_dir, "queue")
     return {"data_folder_in": queue, "data_folder_out": queue,
             "processed_folder": os.path.join(broker_dir, "processed"), "store_processed": False,
-            "polling_interval": 0.02}
+            "control_folder": os.path.join(broker_dir, "control"), "polling_interval": 0.02}
 
 
 def make_app(broker_dir: str) -> Celery:

@@ -14,6 +14,7 @@ exits 0 when every task returned in time.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -25,9 +26,15 @@ import aop_it_support
 CLIENT = None
 
 
+def arm_watchdog() -> None:
+    """Pool initializer: a child stuck for 15 s dumps its threads' stacks to stderr."""
+    faulthandler.dump_traceback_later(15)
+
+
 def init_spawned_child() -> None:
     """Pool initializer for spawn: this child's own client on the shared spool."""
     global CLIENT
+    arm_watchdog()
     CLIENT = aop_it_support.make_client().start()
     aop_it_support.emit_run(CLIENT, 1, "spawned-child-start")
 
@@ -56,9 +63,12 @@ def main(method: str, tasks: int, events: int) -> int:
     if method == "fork":
         emitter.start()
     ctx = multiprocessing.get_context(method)
-    options = {"maxtasksperchild": 2} if method == "fork" else {"initializer": init_spawned_child}
+    if method == "fork":
+        options = {"maxtasksperchild": 2, "initializer": arm_watchdog}
+    else:
+        options = {"initializer": init_spawned_child}
     with ctx.Pool(4, **options) as pool:
-        pids = pool.map_async(emit_task, [events] * tasks, chunksize=1).get(timeout=60)
+        pids = pool.map_async(emit_task, [events] * tasks, chunksize=1).get(timeout=30)
         pool.close()
         pool.join()
     busy.clear()
