@@ -54,6 +54,7 @@ def pct(sorted_ns: list[int], q: float) -> float:
 
 # -- appenders: each returns a callable append(i) and a closer -------------------------------
 def make_appender(kind: str, path: str):
+    """(append(i, event_id, body), close()) for one store kind at path."""
     if kind in ("disk_store", "disk_store_fsync"):
         store = DiskStore(path, durability="fsync" if kind.endswith("fsync") else "process")
         run = str(uuid.uuid4())
@@ -216,6 +217,7 @@ def report_backlog(root: str, n: int) -> None:
 
 
 def main() -> None:
+    """Run every part and print the tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer events (smoke run)")
     ap.add_argument("--backlog", type=int, default=1_000_000)

@@ -39,6 +39,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self) -> None:
+        """Two handles on a fresh directory, a fake clock and an empty model; the flusher epoch starts."""
         self.tmp = tempfile.mkdtemp(prefix="aop-sm-")
         self.dir = os.path.join(self.tmp, "store")
         self.now = [1_000_000.0]
@@ -51,6 +52,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.torn = 0
 
     def teardown(self) -> None:
+        """Close every handle and remove the directory."""
         for h in getattr(self, "handles", []):
             h.close()
         shutil.rmtree(getattr(self, "tmp", ""), ignore_errors=True)
