@@ -315,7 +315,10 @@ class DiskStore(InspectionMixin):
 
     def _fenced_move(self, refs: Iterable[object], epoch: int, action: str, from_states: tuple, to_state: int, extra: str = "", params: tuple = ()) -> int:
         self._check_pid()
-        ids = [int(r) for r in refs]  # type: ignore[call-overload]
+        try:
+            ids = [int(r) for r in refs]  # type: ignore[call-overload]
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"{action}: refs must be the refs lease() returned: {e}", field="refs") from e
         conn = self._db()
         with self._lock, state.Txn(conn):
             state.check_epoch(conn, epoch, action)
