@@ -9,6 +9,7 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import threading
@@ -304,13 +305,17 @@ class DiskStore(InspectionMixin):
         out, damaged = [], []
         for row, body in zip(rows, self._bodies.read_many(conn, rows, self._body_cache)):
             if body is None:
-                damaged.append((row[0], row[1], row[10], row[8]))
+                damaged.append(row[0])
             else:
                 out.append(StoredEvent(row[0], row[4], row[5], row[6], body, row[7]))
         if damaged:
-            with state.Txn(conn):
-                state.delete_events(conn, damaged)
-                state.add_counter(conn, "quarantined", len(damaged))
+            with state.Txn(conn):  # re-read the rows: their state may have moved since they were selected
+                rows_now = conn.execute(
+                    "SELECT id, seg, state, body_len FROM events WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(damaged),),
+                ).fetchall()
+                state.delete_events(conn, rows_now)
+                state.add_counter(conn, "quarantined", len(rows_now))
         return out
 
     def _fenced_move(self, refs: Iterable[object], epoch: int, action: str, from_states: tuple, to_state: int, extra: str = "", params: tuple = ()) -> int:

@@ -79,7 +79,8 @@ def test_truncation_after_indexing_is_quarantined_on_read(tmp_path) -> None:
     with open(_segment(directory), "r+b") as f:
         f.truncate(last.offset + last.length // 2)
     assert _drain_ids(store) == ids[:-1]
-    assert store.stats().quarantined == 1
+    stats = store.stats()
+    assert (stats.quarantined, stats.pending, stats.in_flight, stats.delivered_retained) == (1, 0, 0, 5)
     store.close()
 
 
@@ -109,7 +110,9 @@ def test_flipped_bits_lose_only_damaged_records(tmp_path_factory, data, indexed_
     got = _drain_ids(store)
     assert got == [eid for i, eid in enumerate(ids) if i not in damaged] + ["after"]
     runs_of_damage = sum(1 for i in damaged if i - 1 not in damaged)
-    assert runs_of_damage <= store.stats().quarantined <= len(damaged)
+    stats = store.stats()
+    assert runs_of_damage <= stats.quarantined <= len(damaged)
+    assert (stats.pending, stats.in_flight, stats.delivered_retained) == (0, 0, len(got))
     store.close()
     shutil.rmtree(directory)
 
