@@ -10,8 +10,9 @@ Usage: ``python aop_it_emitter.py MODE [ARGS]`` (settings from the AOP_IT_* envi
 * ``drain``: a later process: start a client on the same spool, flush, stop;
   prints ``{"drained": bool, "pending": int}``.
 * ``fork-children N K``: a started client that keeps emitting from one thread
-  and reading ``get_stats()`` from another while this process forks N children in a row (they run at once); every child emits K
-  events through the inherited client, reports ``<pid> <is_flusher>
+  and reading ``get_stats()`` from another while this process forks N children
+  in a row (they run at once); every child emits K events through the inherited
+  client, reports ``<pid> <is_flusher>
   <holder pid>`` to the file in ``AOP_IT_REPORT`` and leaves normally (odd
   children) or through ``os._exit`` (even children). The parent waits for all
   children with one deadline and prints ``{"parent", "hung", "codes", "drained"}``.
@@ -100,7 +101,8 @@ def fork_children(children: int, per_child: int) -> None:
     emitter.join(timeout=10)
     poller.join(timeout=10)
     drained = client.stop(timeout=15)
-    print(json.dumps({"parent": os.getpid(), "hung": hung, "codes": sorted(codes.values()), "drained": drained}), flush=True)
+    report = {"parent": os.getpid(), "hung": hung, "codes": sorted(codes.values()), "drained": drained}
+    print(json.dumps(report), flush=True)
 
 
 def run_child(client, election: FlusherElection, per_child: int, *, normal_exit: bool) -> None:

@@ -20,7 +20,7 @@ EXIT_BOUND_S = 5.0
 
 
 def test_children_forked_from_a_busy_client_emit_once_and_never_lead(tmp_path, aop_collector):
-    """Children forked while the parent emits and flushes: none hangs, none inherits leadership, each event arrives once."""
+    """Children forked from a busy client: none hangs, none inherits leadership, each event arrives once."""
     env = support.child_env(tmp_path, aop_collector.url)
     env["AOP_IT_REPORT"] = str(tmp_path / "children.log")
     done = subprocess.run([sys.executable, "aop_it_emitter.py", "fork-children", str(CHILDREN), str(PER_CHILD)],
@@ -54,7 +54,7 @@ def hanging_server() -> socket.socket:
 
 @pytest.mark.parametrize("server", ["hangs", "refuses"])
 def test_interpreter_exit_is_bounded_and_a_later_process_delivers(tmp_path, aop_collector, server):
-    """A process with a started client exits within a few seconds although the server hangs or refuses; events stay on disk."""
+    """A started client's process exits within seconds though the server hangs or refuses; events stay on disk."""
     listener = hanging_server() if server == "hangs" else None
     url = (f"http://127.0.0.1:{listener.getsockname()[1]}" if listener
            else f"http://127.0.0.1:{support.free_port()}")
@@ -81,7 +81,8 @@ def test_interpreter_exit_is_bounded_and_a_later_process_delivers(tmp_path, aop_
     assert exit_took <= EXIT_BOUND_S, f"exit took {exit_took:.1f} s (bound {EXIT_BOUND_S} s)"
     emitted = {eid for _, eid in support.read_id_log(tmp_path / "ids.log")}
     assert len(emitted) == 20 and not aop_collector.event_ids()
-    later = subprocess.run([sys.executable, "aop_it_emitter.py", "drain"], env=support.child_env(tmp_path, aop_collector.url),
+    later = subprocess.run([sys.executable, "aop_it_emitter.py", "drain"],
+                           env=support.child_env(tmp_path, aop_collector.url),
                            cwd=str(support.HERE), capture_output=True, text=True, timeout=60)
     assert later.returncode == 0, later.stderr[-2000:]
     assert json.loads(later.stdout.splitlines()[-1]) == {"drained": True, "pending": 0}

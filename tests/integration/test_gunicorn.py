@@ -47,7 +47,7 @@ def get_json(url: str) -> dict:
 
 
 def test_preloaded_client_delivers_every_worker_event_once_with_one_flusher(tmp_path, aop_collector):
-    """Events emitted by 4 preforked workers all arrive exactly once, and sends never come from two processes at once."""
+    """Events of 4 preforked workers all arrive exactly once; sends never come from two processes at once."""
     proc, url, log = start_gunicorn(tmp_path, aop_collector.url)
     try:
         with ThreadPoolExecutor(8) as pool:

@@ -1,4 +1,4 @@
-"""multiprocessing.Pool with fork and with spawn: every event of parent and children arrives once, one flusher at a time."""
+"""multiprocessing.Pool with fork and with spawn: every event arrives once, one flusher at a time."""
 
 from __future__ import annotations
 
