@@ -42,10 +42,11 @@ import orjson
 
 from .core.backoff import RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
-from .core.fallback_doc import fallback_document, fallback_file_name, is_file_name_safe
+from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
 from .errors import ConfigError, FencedError
+from .replay import write_trace_file
 from .store.api import Store, StoredEvent
 from .transport import HttpTransport
 
@@ -456,7 +457,7 @@ class Flusher:
                         "attempts": attempt.failures + 1, "last_error": reason}
             data = fallback_document(run_id, [(e.seq, e.body) for e in parked], metadata, now=self.clock())
             try:
-                _write_private_file(str(self.fallback_dir), run_id, data, self.clock())
+                write_trace_file(str(self.fallback_dir), "fallback", run_id, data, now=self.clock())
                 self._count("fallback_files")
             except OSError as e:  # the events are still safe in the store
                 self._note_error(f"fallback file not written in {self.fallback_dir!r}: {e.strerror or e}", e)
@@ -527,28 +528,3 @@ class _Prefetch:
         if self._error is not None:
             raise self._error
         return self._events
-
-
-def _write_private_file(directory: str, run_id: str, data: bytes, now: float) -> str:
-    """Write ``data`` atomically as a new fallback file (0600, in a 0700 folder); never overwrite one."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".fallback-{os.getpid()}-{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        for counter in range(1000):
-            final = os.path.join(directory, fallback_file_name(run_id, now, counter))
-            try:
-                os.link(tmp, final)  # fails when the name exists: never overwrite another file
-                return final
-            except FileExistsError:
-                continue
-        raise FileExistsError(f"no free fallback file name for run {run_id} in {directory!r}")
-    finally:
-        os.unlink(tmp)

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from aop_client.cli import main
 from aop_client.cli.files import load_events
-from aop_client.replay import build_trace_document, write_trace_file
+from aop_client.core.fallback_doc import fallback_document
+from aop_client.replay import write_trace_file
 from aop_client.signing import sign_event
 from aop_client.testing import TEST_ORG_SALT_KEY
 from test_cli import (  # noqa: F401  (env is a fixture)
@@ -145,8 +146,10 @@ def test_replay_sends_fallback_files(tmp_path: Path, env: dict[str, str], aop_co
     events = [sign_event({"event_id": f"00000000-0000-4000-8000-{i:012d}", "run_id": "22222222-2222-4222-8222-222222222222",
                           "agent_id": 1, "seq": i + 1, "t": "2025-12-05T10:00:00.000Z", "type": "custom",
                           "payload": {"name": "n", "data": i}}, TEST_ORG_SALT_KEY) for i in range(7)]
-    doc = build_trace_document(events[0]["run_id"], events, {"agent_id": 1}, now=time.time())
-    path = write_trace_file(tmp_path / "fallback", "fallback", doc)
+    run_id = events[0]["run_id"]
+    doc = fallback_document(run_id, [(e["seq"], orjson.dumps(e)) for e in events], {"agent_id": 1},
+                            now=time.time())
+    path = write_trace_file(tmp_path / "fallback", "fallback", run_id, doc, now=time.time())
     result = run_aop(*replay_args(aop_collector, path), env={**env, "AOP_BATCH_SIZE": "3"})
     assert result.returncode == 0 and json.loads(result.stdout)["accepted"] == 7
     assert aop_collector.event_ids() == {e["event_id"] for e in events}

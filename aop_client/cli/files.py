@@ -185,17 +185,18 @@ def _write_private(path: str, text: str) -> None:
 def export(run_id: str, fmt: str, output: Optional[str], spool: Optional[str], base_url: Optional[str],
            api_key: Optional[str]) -> None:
     """Export every stored event of one run (delivered ones included) as a trace document."""
-    from ..replay import build_trace_document
+    from ..core.fallback_doc import fallback_document
     from ..toon_parser import to_toon
 
     store = open_store(build_config(spool, base_url, api_key))
     try:
-        events = [orjson.loads(e.body) for e in store.iter_run(run_id, include_delivered=True)]
+        stored = [(e.seq, e.body) for e in store.iter_run(run_id, include_delivered=True)]
     finally:
         store.close()
-    if not events:
+    if not stored:
         raise CliError(f"run {run_id!r} has no events in spool {str(store.directory)!r}")
-    doc = build_trace_document(run_id, events, {"exported_by": "aop export"}, now=time.time())
+    doc = orjson.loads(fallback_document(run_id, stored, {"exported_by": "aop export"}, now=time.time()))
+    events = doc["events"]
     text = to_toon(doc) + "\n" if fmt == "toon" else orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
     if output:
         _write_private(output, text)

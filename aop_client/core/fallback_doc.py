@@ -22,7 +22,7 @@ import orjson
 
 from ..errors import ValidationError
 
-__all__ = ["fallback_document", "fallback_file_name", "is_file_name_safe"]
+__all__ = ["fallback_document", "fallback_file_name", "trace_file_name", "is_file_name_safe"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -37,13 +37,18 @@ def _rfc3339_ms(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}Z"
 
 
-def fallback_file_name(run_id: str, now: float, counter: int = 0) -> str:
-    """``fallback_<run_id>_<YYYYmmddTHHMMSS.mmmZ>[-n].json``; ValidationError for an unsafe run_id."""
+def trace_file_name(prefix: str, run_id: str, now: float, counter: int = 0) -> str:
+    """``<prefix>_<run_id>_<YYYYmmddTHHMMSS.mmmZ>[-n].json``; ValidationError for an unsafe run_id."""
     if not is_file_name_safe(run_id):
         raise ValidationError(f"run_id {run_id[:60]!r} cannot be used in a file name", field="run_id", value=None)
     millis = int(now * 1000) % 1000
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{millis:03d}Z"
-    return f"fallback_{run_id}_{stamp}{f'-{counter}' if counter else ''}.json"
+    return f"{prefix}_{run_id}_{stamp}{f'-{counter}' if counter else ''}.json"
+
+
+def fallback_file_name(run_id: str, now: float, counter: int = 0) -> str:
+    """``fallback_<run_id>_<YYYYmmddTHHMMSS.mmmZ>[-n].json``; ValidationError for an unsafe run_id."""
+    return trace_file_name("fallback", run_id, now, counter)
 
 
 def fallback_document(
