@@ -12,7 +12,9 @@ an invalid event raises ValidationError *before* it takes a number.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,6 +33,18 @@ from .events import (
 from .toon_parser import ToonBuilder
 
 __all__ = ["TraceBuilder"]
+
+
+_LIVE_BUILDERS: "weakref.WeakSet[TraceBuilder]" = weakref.WeakSet()
+
+
+def _reset_builders_in_child() -> None:
+    for builder in list(_LIVE_BUILDERS):
+        builder._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_builders_in_child)
 
 
 class TraceBuilder:
@@ -60,6 +74,17 @@ class TraceBuilder:
         self._max_event_bytes = max_event_bytes
         self._lock = threading.Lock()
         self._events: list[dict] = []
+        _LIVE_BUILDERS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child starts its own run: the parent's run and seqs stay the parent's.
+
+        The lock is replaced first, since another thread of the parent may have held it
+        at the moment of the fork.
+        """
+        self._lock = threading.Lock()
+        self._run_id = new_run_id()
+        self._events = []
 
     def __repr__(self) -> str:
         return f"TraceBuilder(agent_id={self._agent_id}, run_id={self._run_id!r}, next_seq={self.next_seq})"

@@ -217,3 +217,31 @@ def test_spool_files_are_private(tmp_path):
     for path in [root, *root.rglob("*")]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_forked_child_emits_its_own_run_without_seq_collisions(tmp_path, aop_collector):
+    """A child forked from a started client emits a new run (seq from 1); nothing is sent twice."""
+    client = AOPClient(make_config(tmp_path, aop_collector.url)).start()
+    builder = client.trace_builder
+    parent_events = emit_sample_run(client)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same client and builder objects, inherited
+        os.close(read_end)
+        try:
+            child_events = [client.emit_event(builder.create_final_output(text=f"child {i}"))
+                            for i in range(3)]
+            ok = all(child_events) and client.stop(timeout=10)
+            os.write(write_end, json.dumps({"ok": bool(ok), "run_id": builder.run_id}).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert child["run_id"] != builder.run_id
+    assert client.stop(timeout=10) is True
+    assert [e["seq"] for e in aop_collector.events(run_id=child["run_id"])] == [1, 2, 3]
+    assert [e["seq"] for e in aop_collector.events(run_id=builder.run_id)] == [1, 2, 3]
+    assert aop_collector.duplicate_deliveries() == 0
+    assert {e["event_id"] for e in parent_events} <= aop_collector.event_ids()
