@@ -280,7 +280,7 @@ class AOPClient:
         run_id = self.trace_builder.run_id
         complete = False
         try:
-            if self.flush(timeout=max(0.0, deadline - time.monotonic())):
+            if self._deliver_run(run_id, deadline):
                 complete = self._send_run_completion(run_id)
         except Exception as exc:  # finalize reports, it never raises transport errors
             self._last_error = f"finalize: {type(exc).__name__}: {exc}"
@@ -288,6 +288,19 @@ class AOPClient:
         if self.config.enable_local_replay:
             self._write_replay()
         return complete
+
+    def _deliver_run(self, run_id: str, deadline: float) -> bool:
+        """Drive the flusher until no event of this run is left undelivered (or the deadline)."""
+        self._ensure_flusher()
+        while True:
+            if next(self.store.iter_run(run_id, include_delivered=False), None) is None:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # The leader drains now; another process's flusher is waited for (in short steps,
+            # so our own run is re-checked rather than the host's whole backlog).
+            self._flusher.flush(timeout=min(0.5, remaining))
 
     def _send_run_completion(self, run_id: str) -> bool:
         last_seq = self.trace_builder.next_seq - 1
