@@ -289,7 +289,7 @@ class DiskStore(InspectionMixin):
                 expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
                 state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
                 rows = conn.execute(
-                    f"SELECT {state.EVENT_COLUMNS} FROM events WHERE state = 0 ORDER BY ord LIMIT ?", (max_events,)
+                    f"SELECT {state.EVENT_COLUMNS}, ord FROM events WHERE state = 0 ORDER BY ord, id LIMIT ?", (max_events,)
                 ).fetchall()
                 picked, total = [], 0
                 for row in rows:
@@ -297,7 +297,8 @@ class DiskStore(InspectionMixin):
                         break
                     picked.append(row)
                     total += row[8]
-                state.move(conn, [r[0] for r in picked], (state.PENDING,), state.IN_FLIGHT, ", lease_until = ?", (now + self.lease_timeout,))
+                if picked:
+                    state.lease_prefix(conn, picked[-1][-1], picked[-1][0], len(picked), total, now + self.lease_timeout)
             return self._materialize(conn, picked)
 
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:

@@ -16,7 +16,7 @@ import sqlite3
 import zlib
 from typing import Iterable, Sequence
 
-from ..errors import FencedError
+from ..errors import FencedError, StoreError
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
@@ -150,6 +150,17 @@ def move(
         deltas[to_state] = (n0 + moved_n, b0 + moved_b)
         bump_counts(conn, deltas)
     return moved_n
+
+
+def lease_prefix(conn: sqlite3.Connection, last_ord: int, last_id: int, n: int, nbytes: int, until: float) -> None:
+    """Mark the pending events up to (last_ord, last_id) in (ord, id) order in flight (one range update)."""
+    moved = conn.execute(
+        "UPDATE events SET state = 1, lease_until = ? WHERE state = 0 AND ord <= ? AND (ord < ? OR id <= ?)",
+        (until, last_ord, last_ord, last_id),
+    ).rowcount
+    if moved != n:  # cannot happen inside one transaction; refuse (rolls back) rather than miscount
+        raise StoreError(f"index inconsistent: lease matched {moved} pending events, expected {n}")
+    bump_counts(conn, {PENDING: (-n, -nbytes), IN_FLIGHT: (n, nbytes)})
 
 
 def delete_events(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int, int]]) -> int:
