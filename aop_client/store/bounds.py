@@ -9,7 +9,9 @@ records not yet indexed (counted exactly when few, else estimated from bytes).
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from typing import Any
 
 from . import state
 from .ingest import count_unindexed
@@ -22,8 +24,9 @@ EXACT_COUNT_BYTES = 256 * 1024
 class UsageGauge:
     """Cached (undelivered events, segment bytes) used for the max_events / max_bytes bounds."""
 
-    def __init__(self, segment_dir: str, max_events: int, max_bytes: int) -> None:
+    def __init__(self, segment_dir: str, max_events: int, max_bytes: int, lock: Any = None) -> None:
         self.segment_dir = segment_dir
+        self.lock = lock if lock is not None else threading.RLock()  # the store's: SQLite use under it
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.events = 0
@@ -63,13 +66,14 @@ class UsageGauge:
         if conn is None:
             return
         try:
-            cursors = dict(conn.execute("SELECT name, cursor FROM segments"))
-            counts = state.counts(conn)
-            unindexed_bytes = sum(max(0, size - cursors.get(name, 0)) for name, size in segments)
-            if unindexed_bytes <= EXACT_COUNT_BYTES:
-                unindexed = count_unindexed(conn, self.segment_dir, self._memo)[0]
-            else:
-                unindexed = int(unindexed_bytes / self._avg_record)
+            with self.lock:  # every SQLite call of the store holds its lock (see fork safety)
+                cursors = dict(conn.execute("SELECT name, cursor FROM segments"))
+                counts = state.counts(conn)
+                unindexed_bytes = sum(max(0, size - cursors.get(name, 0)) for name, size in segments)
+                if unindexed_bytes <= EXACT_COUNT_BYTES:
+                    unindexed = count_unindexed(conn, self.segment_dir, self._memo)[0]
+                else:
+                    unindexed = int(unindexed_bytes / self._avg_record)
         except (sqlite3.Error, OSError):
             return
         self.events = sum(counts[s][0] for s in state.UNDELIVERED) + unindexed

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Callable, Iterable
 
 from ..errors import StoreError, ValidationError
@@ -34,6 +35,38 @@ _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: 
 INDEX_LOW_WATER = 4_000
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
+
+
+_LIVE_STORES: "weakref.WeakSet[DiskStore]" = weakref.WeakSet()
+_HELD_AT_FORK: list = []
+
+
+def _quiesce_before_fork() -> None:
+    """Hold every live store's lock across fork(), so no thread of ours is inside SQLite.
+
+    SQLite's process-wide mutexes are copied into a forked child in whatever state
+    they are; a child forked while another thread was inside SQLite would block
+    forever on its first SQLite call. Every SQLite call of the store holds the
+    store's lock, so holding all of them makes the fork happen between calls.
+    """
+    pid = os.getpid()
+    for store in list(_LIVE_STORES):
+        if getattr(store, "_pid", None) == pid and not getattr(store, "_closed", False):
+            store._lock.acquire()
+            _HELD_AT_FORK.append(store._lock)
+
+
+def _resume_after_fork_in_parent() -> None:
+    while _HELD_AT_FORK:
+        _HELD_AT_FORK.pop().release()
+
+
+def _forget_after_fork_in_child() -> None:
+    _HELD_AT_FORK.clear()  # the child's stores replace their locks in _check_pid
+
+
+os.register_at_fork(before=_quiesce_before_fork, after_in_parent=_resume_after_fork_in_parent,
+                    after_in_child=_forget_after_fork_in_child)
 
 
 class DiskStore(InspectionMixin):
@@ -98,7 +131,8 @@ class DiskStore(InspectionMixin):
         self._last_reclaim = time.monotonic()
         self._pressure_reclaim_at = 0.0
         self._db_failed_at = float("-inf")
-        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes)
+        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
+        _LIVE_STORES.add(self)
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
