@@ -173,11 +173,16 @@ class AOPClient:
         log.warning("aop_client dropped an event (%s): %s", reason, exc)
 
     def mark_delivered(self, event_ids: Iterable[str]) -> int:
-        """Record events acknowledged on a stream as delivered, so no batch resends them."""
-        ids = list(event_ids)
-        if not ids:
+        """Record events acknowledged on a stream as delivered, so no batch resends them.
+
+        Only events this client emitted in its current run are known; others are ignored
+        (the batch path delivers them and the server dedupes). Returns how many moved.
+        """
+        emitted = self._emitted
+        triples = [(i, e["run_id"], e["seq"]) for i in event_ids if (e := emitted.get(i)) is not None]
+        if not triples:
             return 0
-        return int(self.store.mark_delivered(ids))
+        return int(self.store.mark_delivered(triples))
 
     # -------------------------------------------------------------- lifecycle
 

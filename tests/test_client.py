@@ -245,3 +245,19 @@ def test_forked_child_emits_its_own_run_without_seq_collisions(tmp_path, aop_col
     assert [e["seq"] for e in aop_collector.events(run_id=builder.run_id)] == [1, 2, 3]
     assert aop_collector.duplicate_deliveries() == 0
     assert {e["event_id"] for e in parent_events} <= aop_collector.event_ids()
+
+
+def test_stream_acked_events_are_not_sent_again_by_batch(tmp_path, aop_collector):
+    """Events marked delivered (a stream ack) are retained as delivered and skipped by the flusher."""
+    client = AOPClient(make_config(tmp_path, aop_collector.url))
+    events = emit_sample_run(client)
+    acked = [events[0]["event_id"], events[2]["event_id"]]
+    assert client.mark_delivered(acked + ["not-an-emitted-id"]) == 2
+    assert client.mark_delivered(acked) == 0  # already delivered: nothing moves twice
+    stats = client.get_stats()
+    assert (stats["pending"], stats["delivered_retained"]) == (1, 2)
+    assert client.flush(timeout=10) is True
+    client.stop(timeout=5)
+    assert aop_collector.event_ids() == {events[1]["event_id"]}
+    replayed = [e.seq for e in client.store.iter_run(client.trace_builder.run_id)]
+    assert replayed == [1, 2, 3]

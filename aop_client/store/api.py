@@ -116,6 +116,9 @@ class Store(Protocol):
     def fallback(self, refs: Iterable[object], *, epoch: int) -> None:
         """Park leased events that exhausted max_retries; they are retried by retry_fallback()."""
 
+    def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
+        """Mark (event_id, run_id, seq) events acknowledged on a stream delivered; any process."""
+
     def retry_fallback(self) -> int:
         """Return every fallback event to pending; returns how many."""
 

@@ -382,6 +382,30 @@ class DiskStore(InspectionMixin):
         self._fenced_move(refs, epoch, "dead_letter", (state.IN_FLIGHT, state.PENDING, state.FALLBACK), state.DEAD, ", lease_until = NULL, reason = ?, done_at = ?", (str(reason), self._clock()))
 
     @translated
+    def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
+        """Record events the server acknowledged outside the batch path (a stream ack) as delivered.
+
+        ``events`` are (event_id, run_id, seq) triples, looked up through the run index.
+        Pending and fallback events move to DELIVERED (retained for replay like any other);
+        an event the flusher has leased meanwhile is left to it, and the server dedupes the
+        second copy. Not fenced: a server's ack is proof of delivery, whoever received it.
+        Returns how many events moved.
+        """
+        self._check_pid()
+        items = [(str(e), str(r), int(q)) for e, r, q in events]
+        if not items:
+            return 0
+        conn = self._db()
+        with self._lock:
+            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
+            with state.Txn(conn):
+                ids = [row[0] for event_id, run_id, seq in items for row in conn.execute(
+                    "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND seq = ? AND event_id = ?",
+                    (state.run_key(run_id), run_id, seq, event_id))]
+                return state.move(conn, ids, (state.PENDING, state.FALLBACK), state.DELIVERED,
+                                  ", done_at = ?, lease_until = NULL", (self._clock(),))
+
+    @translated
     def fallback(self, refs: Iterable[object], *, epoch: int) -> None:
         """Park leased events that exhausted max_retries; they are retried by retry_fallback()."""
         self._fenced_move(refs, epoch, "fallback", (state.IN_FLIGHT,), state.FALLBACK, ", lease_until = NULL")
