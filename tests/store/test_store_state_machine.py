@@ -128,6 +128,17 @@ class StoreMachine(RuleBasedStateMachine):
         for e in chosen:
             e.state = "fallback"
 
+    @rule(h=st.integers(0, 1), data=st.data())
+    def mark_delivered(self, h: int, data) -> None:
+        """Stream-acked events move to delivered when pending or fallback; leased ones stay with the flusher."""
+        pool = sorted(self.events.values(), key=lambda e: e.order)
+        chosen = data.draw(st.lists(st.sampled_from(pool), unique_by=lambda e: e.event_id, max_size=4)) if pool else []
+        movable = [e for e in chosen if e.state in ("pending", "fallback")]
+        moved = self.handles[h].mark_delivered([(e.event_id, e.run_id, e.seq) for e in chosen])
+        assert moved == len(movable)
+        for e in movable:
+            e.state, e.done_at = "delivered", self.now[0]
+
     @rule(h=st.integers(0, 1))
     def retry_fallback(self, h: int) -> None:
         """retry_fallback returns every fallback event to pending and says how many."""
