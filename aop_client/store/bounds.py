@@ -38,7 +38,7 @@ class UsageGauge:
     def has_room(self, record_len: int, conn: sqlite3.Connection | None, *, force: bool = False) -> bool:
         """True when one more record of record_len bytes fits both bounds."""
         if force or time.monotonic() - self._at > REFRESH_SECONDS:
-            self.refresh(conn)
+            self.refresh(conn, wait=force)
         return self.events < self.max_events and self.bytes + record_len <= self.max_bytes
 
     def over_bytes(self, record_len: int) -> bool:
@@ -55,8 +55,13 @@ class UsageGauge:
         """Account for events this handle evicted."""
         self.events -= events
 
-    def refresh(self, conn: sqlite3.Connection | None) -> None:
-        """Re-read the shared numbers (segment sizes, index counts, unindexed records)."""
+    def refresh(self, conn: sqlite3.Connection | None, *, wait: bool = True) -> None:
+        """Re-read the shared numbers (segment sizes, index counts, unindexed records).
+
+        Without ``wait``, a store lock held by another thread (an ingest for a
+        lease, say) skips the index part: the emit path keeps its cached counts
+        rather than stall behind the flusher.
+        """
         self._at = time.monotonic()
         try:
             segments = list_segments(self.segment_dir)
@@ -64,6 +69,8 @@ class UsageGauge:
             return
         self.bytes = sum(size for _, size in segments)
         if conn is None:
+            return
+        if not self.lock.acquire(blocking=wait):
             return
         try:
             with self.lock:  # every SQLite call of the store holds its lock (see fork safety)
@@ -76,4 +83,6 @@ class UsageGauge:
                     unindexed = int(unindexed_bytes / self._avg_record)
         except (sqlite3.Error, OSError):
             return
+        finally:
+            self.lock.release()
         self.events = sum(counts[s][0] for s in state.UNDELIVERED) + unindexed
