@@ -14,12 +14,12 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from typing import Callable, Iterable
 
 from ..errors import StoreError, ValidationError
 from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
+from . import fork_guard
 from .boundary import translated
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
@@ -35,38 +35,6 @@ _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: 
 INDEX_LOW_WATER = 4_000
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
-
-
-_LIVE_STORES: "weakref.WeakSet[DiskStore]" = weakref.WeakSet()
-_HELD_AT_FORK: list = []
-
-
-def _quiesce_before_fork() -> None:
-    """Hold every live store's lock across fork(), so no thread of ours is inside SQLite.
-
-    SQLite's process-wide mutexes are copied into a forked child in whatever state
-    they are; a child forked while another thread was inside SQLite would block
-    forever on its first SQLite call. Every SQLite call of the store holds the
-    store's lock, so holding all of them makes the fork happen between calls.
-    """
-    pid = os.getpid()
-    for store in list(_LIVE_STORES):
-        if getattr(store, "_pid", None) == pid and not getattr(store, "_closed", False):
-            store._lock.acquire()
-            _HELD_AT_FORK.append(store._lock)
-
-
-def _resume_after_fork_in_parent() -> None:
-    while _HELD_AT_FORK:
-        _HELD_AT_FORK.pop().release()
-
-
-def _forget_after_fork_in_child() -> None:
-    _HELD_AT_FORK.clear()  # the child's stores replace their locks in _check_pid
-
-
-os.register_at_fork(before=_quiesce_before_fork, after_in_parent=_resume_after_fork_in_parent,
-                    after_in_child=_forget_after_fork_in_child)
 
 
 class DiskStore(InspectionMixin):
@@ -132,7 +100,7 @@ class DiskStore(InspectionMixin):
         self._pressure_reclaim_at = 0.0
         self._db_failed_at = float("-inf")
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
-        _LIVE_STORES.add(self)
+        fork_guard.register(self)
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
@@ -380,30 +348,6 @@ class DiskStore(InspectionMixin):
     def dead_letter(self, refs: Iterable[object], reason: str, *, epoch: int) -> None:
         """Move leased events to dead letters with a reason."""
         self._fenced_move(refs, epoch, "dead_letter", (state.IN_FLIGHT, state.PENDING, state.FALLBACK), state.DEAD, ", lease_until = NULL, reason = ?, done_at = ?", (str(reason), self._clock()))
-
-    @translated
-    def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
-        """Record events the server acknowledged outside the batch path (a stream ack) as delivered.
-
-        ``events`` are (event_id, run_id, seq) triples, looked up through the run index.
-        Pending and fallback events move to DELIVERED (retained for replay like any other);
-        an event the flusher has leased meanwhile is left to it, and the server dedupes the
-        second copy. Not fenced: a server's ack is proof of delivery, whoever received it.
-        Returns how many events moved.
-        """
-        self._check_pid()
-        items = [(str(e), str(r), int(q)) for e, r, q in events]
-        if not items:
-            return 0
-        conn = self._db()
-        with self._lock:
-            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
-            with state.Txn(conn):
-                ids = [row[0] for event_id, run_id, seq in items for row in conn.execute(
-                    "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND seq = ? AND event_id = ?",
-                    (state.run_key(run_id), run_id, seq, event_id))]
-                return state.move(conn, ids, (state.PENDING, state.FALLBACK), state.DELIVERED,
-                                  ", done_at = ?, lease_until = NULL", (self._clock(),))
 
     @translated
     def fallback(self, refs: Iterable[object], *, epoch: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from . import state
 from .api import DeadLetter, StoredEvent, StoreStats
@@ -15,7 +15,31 @@ from .maintenance import reclaim_space
 
 
 class InspectionMixin:
-    """The read-mostly half of DiskStore (any process may call these)."""
+    """The read-mostly half of DiskStore (any process may call these), plus stream-ack settling."""
+
+    @translated
+    def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
+        """Record events the server acknowledged outside the batch path (a stream ack) as delivered.
+
+        ``events`` are (event_id, run_id, seq) triples, looked up through the run index.
+        Pending and fallback events move to DELIVERED (retained for replay like any other);
+        an event the flusher has leased meanwhile is left to it, and the server dedupes the
+        second copy. Not fenced: a server's ack is proof of delivery, whoever received it.
+        Returns how many events moved.
+        """
+        self._check_pid()
+        items = [(str(e), str(r), int(q)) for e, r, q in events]
+        if not items:
+            return 0
+        conn = self._db()
+        with self._lock:
+            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
+            with state.Txn(conn):
+                ids = [row[0] for event_id, run_id, seq in items for row in conn.execute(
+                    "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND seq = ? AND event_id = ?",
+                    (state.run_key(run_id), run_id, seq, event_id))]
+                return state.move(conn, ids, (state.PENDING, state.FALLBACK), state.DELIVERED,
+                                  ", done_at = ?, lease_until = NULL", (self._clock(),))
 
     @translated
     def iter_run(self, run_id: str, *, include_delivered: bool = True) -> Iterator[StoredEvent]:
