@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
 import random
 import statistics
 import sys
@@ -84,7 +85,17 @@ def null_sink_main(port_queue) -> None:
             self.end_headers()
             self.wfile.write(answer)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    class NoDelayServer(http.server.ThreadingHTTPServer):
+        def server_bind(self) -> None:  # the reply is written in two segments: without
+            super().server_bind()        # TCP_NODELAY, Nagle + delayed ACK add 40 ms per POST
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def get_request(self):
+            conn, addr = super().get_request()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return conn, addr
+
+    server = NoDelayServer(("127.0.0.1", 0), Sink)
     port_queue.put(server.server_address[1])
     server.serve_forever()
 
