@@ -430,7 +430,14 @@ def _register_exit_handler() -> None:
 
 
 def _stop_all_at_exit() -> None:
-    """At interpreter exit, stop every started client within a short, bounded time."""
+    """At interpreter exit, stop every started client within a short, bounded time.
+
+    Only the elected flusher spends up to 2 s on a last drain; any other process
+    stops at once (its events are on disk, and the flusher or the next process to
+    start delivers them), so recycling a worker costs no waiting.
+    """
     for client in list(_LIVE_CLIENTS):
         if client._started:
-            client.stop(timeout=2.0)
+            flusher = client._flusher
+            leading = flusher is not None and client._flusher_pid == os.getpid() and flusher.is_leader
+            client.stop(timeout=2.0, flush=leading)

@@ -261,3 +261,30 @@ def test_stream_acked_events_are_not_sent_again_by_batch(tmp_path, aop_collector
     assert aop_collector.event_ids() == {events[1]["event_id"]}
     replayed = [e.seq for e in client.store.iter_run(client.trace_builder.run_id)]
     assert replayed == [1, 2, 3]
+
+
+def test_a_non_flusher_process_exits_without_waiting(tmp_path, aop_collector):
+    """At exit a process that is not the flusher stops at once; the flusher delivers its events."""
+    import subprocess
+    import sys
+
+    leader = AOPClient(make_config(tmp_path, aop_collector.url, batch_interval=30.0)).start()
+    wait_until(lambda: leader.get_stats()["is_flusher"], timeout=10)
+    code = (
+        "import atexit, sys, time; sys.path.insert(0, %r)\n"
+        "atexit.register(lambda: print('exit-done', time.monotonic(), flush=True))  # runs last\n"
+        "from aop_client import AOPClient, ClientConfig\n"
+        "c = AOPClient(ClientConfig(api_key=%r, org_salt_key=%r, base_url=%r, spool_dir=%r)).start()\n"
+        "c.emit_event(c.trace_builder.create_final_output(text='from a worker'))\n"
+        "print('emitted', time.monotonic(), flush=True)\n"
+    ) % (str(Path(__file__).resolve().parent.parent), TEST_API_KEY, TEST_ORG_SALT_KEY,
+         aop_collector.url, str(tmp_path / "spool"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    marks = dict(line.split() for line in proc.stdout.split("\n") if line)
+    exit_span = float(marks["exit-done"]) - float(marks["emitted"])
+    assert leader.get_stats()["pending"] == 1  # the worker left its event on disk, undelivered
+    assert leader.flush(timeout=10) is True
+    leader.stop(timeout=5)
+    assert len(aop_collector.events()) == 1
+    assert exit_span < 1.0, f"a non-flusher process spent {exit_span:.2f} s in its exit handlers (2 s drain wait?)"
