@@ -110,9 +110,9 @@ class AOPClient:
         self._counts["emitted"] += 1
         hook = self.config.redaction_hook
         if hook is not None:
-            redacted = self._redact(hook, event)
+            redacted, why = self._redact(hook, event)
             if redacted is None:
-                return EmitResult(False, event_id, run_id, reason=self._last_drop)
+                return EmitResult(False, event_id, run_id, reason=why)
             event = redacted
         _, body = signed_body(event, self._key)
         if len(body) > self.config.max_event_bytes:
@@ -145,27 +145,26 @@ class AOPClient:
                 flusher.wakeup()
         return EmitResult(True, event_id, run_id, body)
 
-    _last_drop: Optional[str] = None
+    def _redact(self, hook: Any, event: dict) -> tuple[Optional[dict], Optional[str]]:
+        """Run the redaction hook on a private copy: (event, None), or (None, why it was dropped).
 
-    def _redact(self, hook: Any, event: dict) -> Optional[dict]:
-        """Run the redaction hook on a private copy; None or an exception drops the event."""
+        None from the hook drops the event; an exception, or a result that is no longer a
+        valid envelope, drops and counts it: a broken hook never lets PII reach the disk.
+        """
         try:
             out = hook(_copy_json(event))
-        except Exception as exc:  # a broken hook must never let PII reach the disk
-            self._last_drop = "redaction_error"
+        except Exception as exc:
             self._drop("redaction_error", exc)
-            return None
+            return None, "redaction_error"
         if out is None:
-            self._last_drop = "redacted"
             self._dropped["redacted"] += 1
-            return None
+            return None, "redacted"
         try:
             validate_envelope(out)
         except ValidationError as exc:
-            self._last_drop = "redaction_error"
             self._drop("redaction_error", exc)
-            return None
-        return out
+            return None, "redaction_error"
+        return out, None
 
     def _drop(self, reason: str, exc: BaseException) -> None:
         self._dropped[reason] += 1
@@ -418,6 +417,15 @@ def _copy_json(value: Any) -> Any:
         return [_copy_json(v) for v in value]
     return value
 
+
+def _reset_clients_in_child() -> None:
+    """A forked child gets fresh client locks (another parent thread may have held one)."""
+    for client in list(_LIVE_CLIENTS):
+        client._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_clients_in_child)
 
 _exit_registered = False
 
