@@ -57,6 +57,9 @@ class EmitResult:
 class AOPClient:
     """Emits trace events durably and delivers them through one elected flusher per host."""
 
+    #: Counters a flusher keeps; the client adds them up over its flushers' lifetimes.
+    _FLUSHER_COUNTERS = ("delivered", "duplicates", "retried", "hook_errors")
+
     def __init__(self, config: Optional[ClientConfig] = None) -> None:
         self.config = config if config is not None else ClientConfig.from_env()
         self.trace_builder = TraceBuilder(self.config.agent_id)
@@ -65,6 +68,7 @@ class AOPClient:
         self._store: Any = None
         self._store_pid = 0
         self._flusher: Any = None
+        self._flusher_pid = 0  # the process whose thread runs _flusher (a fork leaves it behind)
         self._started = False
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
@@ -72,6 +76,8 @@ class AOPClient:
         self._emitted_run: Optional[str] = None
         self._last_error: Optional[str] = None
         self._since_wakeup = 0
+        self._run_completion: Optional[dict] = None  # the server's last run-completion answer
+        self._replay_written: Optional[tuple] = None  # (run_id, next_seq) of the last replay file
         _LIVE_CLIENTS.add(self)
 
     # ------------------------------------------------------------------ store
@@ -327,8 +333,6 @@ class AOPClient:
             self._last_error = f"run completion: server misses seqs {answer.get('missing')}"
         return bool(answer.get("complete"))
 
-    _FLUSHER_COUNTERS = ("delivered", "duplicates", "retried", "hook_errors")
-
     def _retire(self, flusher: Any) -> None:
         """Fold a stopped flusher's counters into the client's totals."""
         fs = flusher.stats()
@@ -374,9 +378,6 @@ class AOPClient:
             out["dropped"][reason] = max(out["dropped"].get(reason, 0), n)
         return out
 
-    _run_completion: Optional[dict] = None
-    _replay_written: Optional[tuple] = None
-    _flusher_pid = 0
 
     def get_trace(self) -> list[dict]:
         """Every event of the current run, as the client holds it (builder and emitted)."""
