@@ -10,7 +10,9 @@ Routes:
 * ``POST /api/v1/_faults`` (API key, only when ``allow_fault_control``):
   replace the FaultConfig of a running collector.
 * Streaming routes (WebSocket, chunked NDJSON) come from
-  :mod:`aop_client.collector.streaming_routes` and share the same storage.
+  :mod:`aop_client.collector.streaming_routes` and share the same storage
+  and worker pool: the events of one stream batch are stored with one
+  ``insert_batch`` (one commit) in the pool.
 
 Status choices where the protocol is silent: a bad ``Content-Encoding``,
 corrupt gzip, non-JSON or wrongly shaped body, or an ``Idempotency-Key``
@@ -257,17 +259,41 @@ async def handle_faults(request: web.Request) -> web.StreamResponse:
     return _json(200, {"ok": True})
 
 
+def _stream_event(envelope: dict) -> IncomingEvent:
+    return IncomingEvent(envelope["event_id"], envelope["run_id"], envelope["seq"], envelope["agent_id"],
+                         envelope["type"], orjson.dumps(envelope))
+
+
 def _stream_ingest(storage: CollectorStorage, org_salt_key: Optional[str]):
+    """Store one streamed event (one transaction); kept for callers of the per-event interface."""
     def ingest(envelope: dict) -> tuple[str, Optional[str]]:
         reason = event_refusal(envelope, None)  # the stream routes verified the signature already
         if reason is not None:
             return "rejected", reason
-        event = IncomingEvent(envelope["event_id"], envelope["run_id"], envelope["seq"], envelope["agent_id"],
-                              envelope["type"], orjson.dumps(envelope))
-        (duplicate,) = storage.insert_batch("stream", [event])
+        (duplicate,) = storage.insert_batch("stream", [_stream_event(envelope)])
         return ("duplicate" if duplicate else "accepted"), None
 
     return ingest
+
+
+def _stream_ingest_batch(storage: CollectorStorage):
+    """Store the verified events of one stream batch with ONE insert_batch (one commit), in arrival order."""
+    def ingest_batch(envelopes: list) -> list[tuple[str, Optional[str]]]:
+        results: list = [None] * len(envelopes)
+        incoming: list[IncomingEvent] = []
+        slots: list[int] = []
+        for index, envelope in enumerate(envelopes):
+            reason = event_refusal(envelope, None)  # the stream routes verified the signature already
+            if reason is not None:
+                results[index] = ("rejected", reason)
+                continue
+            slots.append(index)
+            incoming.append(_stream_event(envelope))
+        for index, duplicate in zip(slots, storage.insert_batch("stream", incoming)):
+            results[index] = ("duplicate" if duplicate else "accepted", None)
+        return results
+
+    return ingest_batch
 
 
 def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optional[FaultInjector] = None,
@@ -288,6 +314,7 @@ def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optio
         from .streaming_routes import add_streaming_routes
 
         add_streaming_routes(app, api_key=config.api_key, ingest=_stream_ingest(storage, config.org_salt_key),
+                             ingest_batch=_stream_ingest_batch(storage), executor=executor,
                              org_salt_key=config.org_salt_key)
 
     async def shutdown(_app: web.Application) -> None:

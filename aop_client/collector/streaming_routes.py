@@ -7,14 +7,20 @@
   end of the body with the batch response of section 2.
 
 Both run every event through the same checks as the batch endpoint (shape,
-run, event signature) via an ``ingest`` callable that inserts-or-dedupes by
-``event_id``, and both honour :class:`StreamFaults` (close mid-stream, reset
-the connection, stop acknowledging, slow acknowledgements) for tests.
+run, event signature) and store it through an ``ingest_batch`` callable that
+inserts-or-dedupes a list of envelopes by ``event_id`` in one commit (or, for
+compatibility, a per-event ``ingest``). The frames of one pass of the
+WebSocket reader (the lines of one chunk of the NDJSON body) are verified and
+stored as one batch, in arrival order, off the event loop when an executor is
+given; their acks and nacks go out only after that batch is stored. Both
+honour :class:`StreamFaults` (close mid-stream, reset the connection, stop
+acknowledging, slow acknowledgements) for tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import threading
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ __all__ = [
     "InMemoryEvents",
     "IngestResult",
     "Ingest",
+    "IngestBatch",
     "add_streaming_routes",
     "check_envelope",
     "FAULTS_KEY",
@@ -41,10 +48,12 @@ __all__ = [
 #: ("accepted" | "duplicate" | "rejected", reason or None)
 IngestResult = tuple[str, "str | None"]
 Ingest = Callable[[dict], IngestResult]
+#: Stores a list of verified envelopes (one commit), one IngestResult per envelope, in order.
+IngestBatch = Callable[[list], "list[IngestResult]"]
 
 MAX_LINE_BYTES = 1_000_000 + 1024
-#: Frames (or NDJSON lines) handled between two returns to the event loop.
-_YIELD_EVERY = 64
+#: Most frames (or NDJSON lines) verified and stored as one batch.
+_MAX_BATCH = 2048
 
 
 @dataclass
@@ -114,40 +123,85 @@ def _authorized(request: web.Request, api_key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def _process(raw: bytes | str, ingest: Ingest, org_salt_key: str | None, run_id: str | None) -> tuple[str | None, str, str | None]:
-    """(event_id or None, outcome, reason) for one raw envelope."""
-    try:
-        envelope = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        return None, "rejected", f"not JSON at position {e.pos}: {e.msg}"
-    event_id = envelope.get("event_id") if isinstance(envelope, dict) else None
-    event_id = event_id if isinstance(event_id, str) else None
-    reason = check_envelope(envelope, org_salt_key, run_id)
-    if reason is not None:
-        return event_id, "rejected", reason
-    outcome, reason = ingest(envelope)
-    return event_id, outcome, reason
+def _batch_of(ingest: Ingest) -> IngestBatch:
+    """An IngestBatch that stores the envelopes one by one with ``ingest``."""
+    return lambda envelopes: [ingest(envelope) for envelope in envelopes]
+
+
+def _process_many(
+    raws: list, ingest_batch: IngestBatch, org_salt_key: str | None, run_id: str | None
+) -> list[tuple[str | None, str, str | None]]:
+    """(event_id or None, outcome, reason) for each raw envelope, in order; the valid ones stored with ONE ingest_batch call."""
+    results: list[tuple[str | None, str, str | None]] = []
+    valid: list[dict] = []
+    slots: list[int] = []
+    for raw in raws:
+        try:
+            envelope = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            results.append((None, "rejected", f"not JSON at position {e.pos}: {e.msg}"))
+            continue
+        event_id = envelope.get("event_id") if isinstance(envelope, dict) else None
+        event_id = event_id if isinstance(event_id, str) else None
+        reason = check_envelope(envelope, org_salt_key, run_id)
+        if reason is not None:
+            results.append((event_id, "rejected", reason))
+            continue
+        slots.append(len(results))
+        results.append((event_id, "accepted", None))
+        valid.append(envelope)
+    if valid:
+        for slot, (outcome, reason) in zip(slots, ingest_batch(valid)):
+            results[slot] = (results[slot][0], outcome, reason)
+    return results
+
+
+class _Store:
+    """Verifies and stores one batch of raw envelopes: in ``executor`` when given, else inline on the loop."""
+
+    def __init__(self, ingest_batch: IngestBatch, org_salt_key: str | None, executor: concurrent.futures.Executor | None) -> None:
+        self._ingest_batch = ingest_batch
+        self._salt = org_salt_key
+        self._executor = executor
+
+    async def __call__(self, raws: list, run_id: str | None) -> list[tuple[str | None, str, str | None]]:
+        if self._executor is None:
+            return _process_many(raws, self._ingest_batch, self._salt, run_id)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, _process_many, raws, self._ingest_batch, self._salt, run_id)
 
 
 def add_streaming_routes(
     app: web.Application,
     *,
     api_key: str,
-    ingest: Ingest,
+    ingest: Ingest | None = None,
+    ingest_batch: IngestBatch | None = None,
+    executor: concurrent.futures.Executor | None = None,
     org_salt_key: str | None = None,
     faults: StreamFaults | None = None,
     ws_prefix: str = "/ws/trace/",
     stream_path: str = STREAM_PATH,
 ) -> StreamFaults:
-    """Add the WebSocket and chunked stream routes to ``app``; returns the live StreamFaults (also app[FAULTS_KEY])."""
+    """Add the WebSocket and chunked stream routes to ``app``; returns the live StreamFaults (also app[FAULTS_KEY]).
+
+    Events are stored with ``ingest_batch`` (one call per batch) or, when only
+    ``ingest`` is given, one ``ingest`` call per event; verification and
+    storage run in ``executor`` when one is given, else on the event loop.
+    """
+    if ingest_batch is None:
+        if ingest is None:
+            raise TypeError("add_streaming_routes needs ingest or ingest_batch")
+        ingest_batch = _batch_of(ingest)
+    store = _Store(ingest_batch, org_salt_key, executor)
     faults = faults if faults is not None else StreamFaults()
     app[FAULTS_KEY] = faults
-    app.router.add_get(ws_prefix.rstrip("/") + "/{run_id}", _ws_handler(api_key, ingest, org_salt_key, faults))
-    app.router.add_post(stream_path, _ndjson_handler(api_key, ingest, org_salt_key, faults))
+    app.router.add_get(ws_prefix.rstrip("/") + "/{run_id}", _ws_handler(api_key, store, faults))
+    app.router.add_post(stream_path, _ndjson_handler(api_key, store, faults))
     return faults
 
 
-def _ws_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
+def _ws_handler(api_key: str, store: _Store, faults: StreamFaults) -> Callable:
     async def handle(request: web.Request) -> web.StreamResponse:
         """GET /ws/trace/{run_id}: check the bearer token, upgrade, ack or nack every frame."""
         if faults.refuse_handshake:
@@ -160,7 +214,7 @@ def _ws_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: 
         pending_acks: set[asyncio.Task] = set()
         freezer = asyncio.ensure_future(_freeze_watch(request, faults))
         try:
-            await _ws_loop(ws, request, run_id, ingest, org_salt_key, faults, pending_acks)
+            await _ws_loop(ws, request, run_id, store, faults, pending_acks)
         finally:
             freezer.cancel()
         return ws
@@ -178,43 +232,101 @@ async def _freeze_watch(request: web.Request, faults: StreamFaults) -> None:
         await asyncio.sleep(0.01)
 
 
+class _Inbox:
+    """Frames read from the socket and not yet stored: the reader appends, the writer takes them all at once."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+        self.ended = False
+        self.ready = asyncio.Event()  # frames waiting, or the socket ended
+        self.room = asyncio.Event()  # fewer than _MAX_BATCH frames waiting
+        self.room.set()
+
+    def take(self) -> list:
+        """Every waiting frame, oldest first."""
+        frames, self.frames = self.frames, []
+        if not self.ended:  # once the socket has ended the writer must not wait again
+            self.ready.clear()
+        self.room.set()
+        return frames
+
+
+async def _ws_read(ws: web.WebSocketResponse, inbox: _Inbox) -> None:
+    """Move text/binary frames into ``inbox`` until the socket ends (aiohttp hands over buffered frames without yielding)."""
+    try:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            inbox.frames.append(msg.data)
+            inbox.ready.set()
+            if len(inbox.frames) >= _MAX_BATCH:
+                inbox.room.clear()
+                await inbox.room.wait()
+    finally:
+        inbox.ended = True
+        inbox.ready.set()
+
+
 async def _ws_loop(
     ws: web.WebSocketResponse,
     request: web.Request,
     run_id: str,
-    ingest: Ingest,
-    org_salt_key: str | None,
+    store: _Store,
     faults: StreamFaults,
     pending_acks: set,
 ) -> None:
     count = 0
     acks = _AckCoalescer(request)
-    async for msg in ws:
-        while faults.freeze:  # frames already read wait too: nothing is acknowledged while frozen
-            await asyncio.sleep(0.01)
-        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-            continue
-        event_id, outcome, reason = _process(msg.data, ingest, org_salt_key, run_id)
-        count += 1
-        if faults.reset_after is not None and count >= faults.reset_after and faults.take():
-            if request.transport is not None:
-                request.transport.abort()
-            break
-        if not faults.stop_acking and event_id is not None:
-            frame = encode_nack(event_id, reason or outcome) if outcome == "rejected" else encode_ack(event_id)
-            if faults.ack_delay > 0:
-                task = asyncio.ensure_future(_send_later(ws, frame, faults.ack_delay))
-                pending_acks.add(task)
-                task.add_done_callback(pending_acks.discard)
-            else:
-                acks.add(frame)
-        if faults.close_after is not None and count >= faults.close_after and faults.take():
+    inbox = _Inbox()
+    reader = asyncio.ensure_future(_ws_read(ws, inbox))
+    try:
+        while True:
+            await inbox.ready.wait()
+            while faults.freeze:  # frames already read wait too: nothing is acknowledged while frozen
+                await asyncio.sleep(0.01)
+            frames = inbox.take()
+            if not frames:
+                if inbox.ended:
+                    break
+                continue
+            # Count-based faults cut the batch where the per-event loop would have stopped.
+            stop = None
+            for index in range(len(frames)):
+                n = count + index + 1
+                if faults.reset_after is not None and n >= faults.reset_after and faults.take():
+                    stop = "reset"
+                elif faults.close_after is not None and n >= faults.close_after and faults.take():
+                    stop = "close"
+                if stop is not None:
+                    frames = frames[: index + 1]
+                    break
+            try:
+                results = await store(frames, run_id)  # one commit; nothing is acknowledged before it
+            except RuntimeError:  # the executor is shut down: the collector is stopping
+                break
+            count += len(frames)
+            if stop == "reset":
+                if request.transport is not None:
+                    request.transport.abort()
+                break
+            if not faults.stop_acking:
+                for event_id, outcome, reason in results:
+                    if event_id is None:
+                        continue
+                    frame = encode_nack(event_id, reason or outcome) if outcome == "rejected" else encode_ack(event_id)
+                    if faults.ack_delay > 0:
+                        task = asyncio.ensure_future(_send_later(ws, frame, faults.ack_delay))
+                        pending_acks.add(task)
+                        task.add_done_callback(pending_acks.discard)
+                    else:
+                        acks.add(frame)
             acks.flush()
-            await ws.close(message=b"injected close")
-            break
-        if count % _YIELD_EVERY == 0:  # let acks out and timers run while a backlog is being worked off
-            acks.flush()
-            await asyncio.sleep(0)
+            if stop == "close":
+                await ws.close(message=b"injected close")
+                break
+    finally:
+        if not reader.done():
+            reader.cancel()
 
 
 class _AckCoalescer:
@@ -263,7 +375,7 @@ async def _send_later(ws: web.WebSocketResponse, frame: str, delay: float) -> No
             pass
 
 
-def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faults: StreamFaults) -> Callable:
+def _ndjson_handler(api_key: str, store: _Store, faults: StreamFaults) -> Callable:
     async def handle(request: web.Request) -> web.StreamResponse:
         """POST /api/v1/traces/stream: read NDJSON lines as they come, answer with the batch response."""
         if faults.refuse_handshake:
@@ -276,37 +388,41 @@ def _ndjson_handler(api_key: str, ingest: Ingest, org_salt_key: str | None, faul
         accepted = duplicates = count = 0
         rejected: list[dict] = []
         buffer = b""
+
+        async def store_lines(lines: list, check_faults: bool) -> None:
+            """Verify and store ``lines`` as one batch (cut where a reset/close fault fires), then tally them."""
+            nonlocal accepted, duplicates, count
+            lines = [line for line in lines if line.strip()]
+            cut = False
+            if check_faults:
+                for index in range(len(lines)):
+                    n = count + index + 1
+                    if ((faults.reset_after is not None and n >= faults.reset_after)
+                            or (faults.close_after is not None and n >= faults.close_after)) and faults.take():
+                        lines, cut = lines[: index + 1], True
+                        break
+            for start in range(0, len(lines), _MAX_BATCH):
+                for event_id, outcome, reason in await store(lines[start:start + _MAX_BATCH], None):
+                    count += 1
+                    if outcome == "accepted":
+                        accepted += 1
+                    elif outcome == "duplicate":
+                        duplicates += 1
+                    else:
+                        rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
+            if cut and request.transport is not None:
+                request.transport.abort()
+                raise asyncio.CancelledError()
+
         async for chunk in request.content.iter_any():
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             if len(buffer) > MAX_LINE_BYTES:
                 return web.json_response({"error": f"line {count + 1} exceeds {MAX_LINE_BYTES} bytes"}, status=413)
-            for line in lines:
-                if not line.strip():
-                    continue
-                count += 1
-                event_id, outcome, reason = _process(line, ingest, org_salt_key, None)
-                if outcome == "accepted":
-                    accepted += 1
-                elif outcome == "duplicate":
-                    duplicates += 1
-                else:
-                    rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
-                if count % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                if (faults.reset_after is not None and count >= faults.reset_after) or (
-                    faults.close_after is not None and count >= faults.close_after
-                ):
-                    if faults.take() and request.transport is not None:
-                        request.transport.abort()
-                        raise asyncio.CancelledError()
+            if lines:
+                await store_lines(lines, True)
         if buffer.strip():
-            count += 1
-            event_id, outcome, reason = _process(buffer, ingest, org_salt_key, None)
-            accepted += outcome == "accepted"
-            duplicates += outcome == "duplicate"
-            if outcome == "rejected":
-                rejected.append({"event_id": event_id or f"line:{count}", "reason": reason or "rejected"})
+            await store_lines([buffer], False)
         if faults.stop_acking:
             await asyncio.sleep(3600)  # hold the answer: the client's read timeout fires
         if faults.ack_delay > 0:
