@@ -87,7 +87,7 @@ def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
 def _object_field(value: Any, field: str) -> dict:
     if not isinstance(value, Mapping):
         raise ValidationError(f"{field}: expected an object (dict), got {value!r:.80}", field=field, value=value)
-    return _copy_data(dict(value), field)
+    return _copy_data(value if type(value) is dict else dict(value), field)  # one copy, validated
 
 
 def _list_of_objects(value: Any, field: str) -> list:

@@ -307,3 +307,18 @@ def test_validate_imported_event_checks_optional_identity_fields_when_present():
         with pytest.raises(ValidationError) as info:
             ev.validate_imported_event({**base, field: bad})
         assert info.value.field == field
+
+
+def test_generated_ids_are_random_version4_uuids():
+    """new_event_id/new_run_id give canonical uuid4 text that uuid.UUID reads back unchanged, never repeating."""
+    import uuid as _uuid
+
+    from aop_client.events import new_event_id, new_run_id
+
+    seen = set()
+    for make in (new_event_id, new_run_id) * 500:
+        text = make()
+        parsed = _uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == _uuid.RFC_4122
+        seen.add(text)
+    assert len(seen) == 1000
