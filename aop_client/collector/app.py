@@ -115,13 +115,21 @@ def _slow_marker(fault: Optional[Fault]) -> dict:
     return {"fault": fault.kind.value, "fault_stage": fault.stage.value}
 
 
-def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
-                   idempotency_key: Optional[str], now: float) -> tuple[int, dict, dict]:
-    """Decode, verify and store one batch; (status, answer body, request-log fields). Runs in the pool."""
+def _verified_body(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
+                   now: float) -> bytes:
+    """The decompressed body of a signed POST, after its X-AOP-Signature checked out."""
     config = state.config
     body = decode_body(raw, encoding, max_decompressed=config.max_decompressed_bytes)
     check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
-    batch = parse_batch(body, idempotency_key)
+    return body
+
+
+def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
+                   request: web.Request, now: float) -> tuple[int, dict, dict]:
+    """Decode, verify and store one batch; (status, answer body, request-log fields). Runs in the pool."""
+    config = state.config
+    body = _verified_body(state, raw, encoding, signature, now)
+    batch = parse_batch(body, request.headers.get("Idempotency-Key"))
     rejected = []
     incoming = []
     for index, event in enumerate(batch.events):
@@ -148,21 +156,38 @@ async def _read_body(request: web.Request) -> bytes:
         raise RequestRefused(413, f"body exceeds {request.app[STATE_KEY].config.max_body_bytes} bytes") from e
 
 
-async def handle_batch(request: web.Request) -> web.StreamResponse:
-    """POST /api/v1/traces/batch (protocol section 2)."""
+def _process_completion(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
+                        request: web.Request, now: float) -> tuple[int, dict, dict]:
+    """Verify one run completion and check the run's seqs; (200, answer, request-log fields)."""
+    body = _verified_body(state, raw, encoding, signature, now)
+    done = parse_completion(body, request.match_info["run_id"])
+    listed, missing_count = missing_seqs(state.storage.run_seqs(done.run_id, done.last_seq), done.last_seq)
+    state.storage.record_completion(done.run_id, done.agent_id, done.event_count, done.last_seq, missing_count,
+                                    now=now)
+    answer = {"complete": missing_count == 0, "missing": listed}
+    if missing_count > len(listed):
+        answer["missing_count"] = missing_count
+    return 200, answer, {"events": done.event_count}
+
+
+async def _handle_signed_post(request: web.Request, endpoint: str, process: Any) -> web.StreamResponse:
+    """The life of one signed POST: faults before, key check, body, ``process`` in the pool, faults after, log.
+
+    ``process(state, raw, encoding, signature, request, now) -> (status, answer, log fields)``
+    raises RequestRefused for an answer other than 200.
+    """
     state = request.app[STATE_KEY]
-    fault = state.injector.next_fault("batch")
+    fault = state.injector.next_fault(endpoint)
     if fault is not None and fault.stage is FaultStage.BEFORE:
         response = await _strike(state, request, fault)
         if response is not None:
             return response
-    fields: dict = {}
     try:
         check_api_key(request.headers.get("Authorization"), state.config.api_key)
         raw = await _read_body(request)
         status, answer, fields = await asyncio.get_running_loop().run_in_executor(
-            state.executor, _process_batch, state, raw, request.headers.get("Content-Encoding"),
-            request.headers.get(_SIGNATURE_HEADER), request.headers.get("Idempotency-Key"), time.time())
+            state.executor, process, state, raw, request.headers.get("Content-Encoding"),
+            request.headers.get(_SIGNATURE_HEADER), request, time.time())
     except RequestRefused as refused:
         state.storage.log_request(_record(request, refused.status, reason=refused.reason))
         return _json(refused.status, {"error": refused.reason})
@@ -174,44 +199,14 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
     return _json(status, answer)
 
 
-def _process_completion(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
-                        run_id: str, now: float) -> tuple[dict, dict]:
-    config = state.config
-    body = decode_body(raw, encoding, max_decompressed=config.max_decompressed_bytes)
-    check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
-    done = parse_completion(body, run_id)
-    listed, missing_count = missing_seqs(state.storage.run_seqs(done.run_id, done.last_seq), done.last_seq)
-    state.storage.record_completion(done.run_id, done.agent_id, done.event_count, done.last_seq, missing_count,
-                                    now=now)
-    answer = {"complete": missing_count == 0, "missing": listed}
-    if missing_count > len(listed):
-        answer["missing_count"] = missing_count
-    return answer, {"events": done.event_count}
+async def handle_batch(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/traces/batch (protocol section 2)."""
+    return await _handle_signed_post(request, "batch", _process_batch)
 
 
 async def handle_complete(request: web.Request) -> web.StreamResponse:
     """POST /api/v1/traces/runs/{run_id}/complete (protocol section 3)."""
-    state = request.app[STATE_KEY]
-    fault = state.injector.next_fault("complete")
-    if fault is not None and fault.stage is FaultStage.BEFORE:
-        response = await _strike(state, request, fault)
-        if response is not None:
-            return response
-    try:
-        check_api_key(request.headers.get("Authorization"), state.config.api_key)
-        raw = await _read_body(request)
-        answer, fields = await asyncio.get_running_loop().run_in_executor(
-            state.executor, _process_completion, state, raw, request.headers.get("Content-Encoding"),
-            request.headers.get(_SIGNATURE_HEADER), request.match_info["run_id"], time.time())
-    except RequestRefused as refused:
-        state.storage.log_request(_record(request, refused.status, reason=refused.reason))
-        return _json(refused.status, {"error": refused.reason})
-    if fault is not None and fault.stage is FaultStage.AFTER:
-        response = await _strike(state, request, fault, **fields)
-        if response is not None:
-            return response
-    state.storage.log_request(_record(request, 200, **fields, **_slow_marker(fault)))
-    return _json(200, answer)
+    return await _handle_signed_post(request, "complete", _process_completion)
 
 
 async def handle_health(request: web.Request) -> web.StreamResponse:
