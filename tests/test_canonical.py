@@ -17,7 +17,15 @@ import rfc8785
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aop_client.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, _FAST, _scan, canonical_json, es6_number
+from aop_client.canonical import (
+    MAX_DEPTH,
+    MAX_SAFE_INTEGER,
+    _FAST,
+    _scan,
+    canonical_json,
+    canonical_json_of_parsed,
+    es6_number,
+)
 from aop_client.errors import ValidationError
 
 SOAK = os.environ.get("AOP_SOAK") == "1"
@@ -290,3 +298,99 @@ def test_error_path_names_exactly_where_the_bad_value_is(steps, bad, filler):
     with pytest.raises(ValidationError) as caught:
         canonical_json(value)
     assert caught.value.field == expected_path(steps)
+
+
+# --- canonical_json_of_parsed: the verifier's fast path for values fresh from orjson.loads ---------
+
+# Strings that look like the number tokens the fast path searches for (false positives: slow path).
+LOOKALIKE_TEXT = st.sampled_from(["x:1.0,", ".0}", "e-5]", "1e+16,", "[2.0]", "ab-e-1,", "\ue000", "\U0001f600"])
+PARSED_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([2**53 - 1, 2**53, -(2**53)]),
+    FLOATS, st.floats(min_value=-1e-3, max_value=1e-3), st.floats(min_value=1e14, max_value=1e22), TEXT, LOOKALIKE_TEXT,
+)
+PARSED_KEYS = st.one_of(TEXT, LOOKALIKE_TEXT)
+PARSED_VALUES = st.recursive(
+    PARSED_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(PARSED_KEYS, inner, max_size=6)),
+    max_leaves=30,
+)
+
+
+def outcome(function, value):
+    """('ok', bytes) or ('error', message) of function(value), so that two encoders can be compared."""
+    try:
+        return "ok", function(value)
+    except ValidationError as e:
+        return "error", str(e)
+
+
+@settings(relaxed, max_examples=STRUCTURES)
+@given(st.one_of(PARSED_VALUES.map(lambda v: {"payload": v}), st.lists(PARSED_VALUES, max_size=3)))
+@example({"a": [1.0, -0.0, 1e16, 1e-7, 5e-324, 1e21, 0.95, 1e-5, 123456789012345.6]})
+@example({"\ue000": {"\U0001f600": 1}, "b": [1e300]})
+@example({"k": 2**60, "j": -(2**53 - 1)})
+@example({"note": "x:1.0,", "e": "n:e-5]"})
+def test_canonical_json_of_parsed_equals_reference_after_an_orjson_round_trip(value):
+    """For any value parsed by orjson, the fast path gives rfc8785's bytes, or raises exactly as canonical_json."""
+    parsed = orjson.loads(json.dumps(value))  # json: integers of any size, floats in repr form
+    got = outcome(canonical_json_of_parsed, parsed)
+    assert got == outcome(canonical_json, parsed)
+    if got[0] == "ok":
+        assert got[1] == rfc8785.dumps(parsed)
+
+
+@settings(relaxed, max_examples=MANY)
+@given(st.integers(0, 2**64 - 1))
+def test_canonical_json_of_parsed_formats_every_float_bit_pattern_as_rfc8785(bits):
+    """Every finite double, parsed back from orjson's text, is written exactly as rfc8785 writes it."""
+    number = float_from_bits(bits)
+    if math.isfinite(number):
+        parsed = orjson.loads(orjson.dumps({"x": [number]}))
+        assert canonical_json_of_parsed(parsed) == rfc8785.dumps(parsed)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'{"a":1.0}', b'{"a":-0.0}', b'{"a":1E2}', b'{"a":100e-2}', b'{"a":1.000}', b'{"a":0.0000001}',
+     b'{"a":12345678901234567.5}', b'{"a":[1e16,1e-7,1.5e300]}', b'{"a":100000000000000000000}',
+     b'{"\xee\x80\x80":1,"\xf0\x9f\x98\x80":2}', b'{"a":"\\u00e9","b":"\\ud83d\\ude00"}'],
+)
+def test_canonical_json_of_parsed_on_number_and_key_edge_texts(text):
+    """Number texts that parse to integral, tiny or huge doubles, and UTF-16-ordered keys, match rfc8785."""
+    parsed = orjson.loads(text)
+    assert canonical_json_of_parsed(parsed) == rfc8785.dumps(parsed) == canonical_json(parsed)
+
+
+def test_canonical_json_of_parsed_keeps_the_depth_limit_and_big_integer_refusal():
+    """Nesting beyond MAX_DEPTH and integers beyond 2**53 are refused as canonical_json refuses them."""
+    deep = orjson.loads(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    with pytest.raises(ValidationError, match="nesting deeper"):
+        canonical_json_of_parsed(deep)
+    limit = orjson.loads(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH)
+    assert canonical_json_of_parsed(limit) == rfc8785.dumps(limit)
+    with pytest.raises(ValidationError, match=r"2\*\*53") as caught:
+        canonical_json_of_parsed({"payload": {"n": [2**53]}})
+    assert caught.value.field == "payload.n[0]"
+    wide = {"items": [[i] for i in range(300)]}  # many brackets, shallow: correct (via the slow path)
+    assert canonical_json_of_parsed(wide) == rfc8785.dumps(wide)
+
+
+def test_canonical_json_of_parsed_sends_non_parsed_types_to_the_strict_encoder():
+    """Subclasses and datetimes (never produced by a parser) are judged by canonical_json, not orjson."""
+    assert canonical_json_of_parsed({"t": Tagged(a=1), "l": Level.LOW}) == canonical_json({"t": {"a": 1}, "l": "low"})
+    with pytest.raises(ValidationError, match="datetime is not a JSON value"):
+        canonical_json_of_parsed({"at": datetime.datetime(2025, 1, 1)})
+    assert canonical_json_of_parsed(1.0) == b"1" and canonical_json_of_parsed("x") == b'"x"'
+
+
+def test_typical_parsed_event_takes_the_orjson_fast_path(monkeypatch):
+    """An ordinary parsed event is encoded by orjson alone: the strict encoder is never consulted."""
+    import aop_client.canonical as canonical
+
+    event = orjson.loads(
+        b'{"seq":1,"t":"2025-12-05T10:00:00.000Z","payload":{"steps":[{"confidence":0.95,"ok":true}],'
+        b'"note":null,"n":[1,2],"text":"caf\\u00e9 1.5e-7"}}'
+    )
+    expected = rfc8785.dumps(event)
+    monkeypatch.setattr(canonical, "canonical_json", lambda value: pytest.fail("slow path taken"))
+    assert canonical.canonical_json_of_parsed(event) == expected
