@@ -5,7 +5,7 @@ callers pass ``now``):
 
 * event signature: ``"v1=" + hex(HMAC-SHA256(key, canonical_json(event minus "sig")))``
   (:func:`event_signature`, :func:`sign_event`, the emit hot path :func:`signed_body`,
-  and :func:`verify_event`);
+  :func:`verify_event`, and the verifier's hot path :func:`verify_parsed_event`);
 * request signature: ``"t=<unix seconds>,v1=<hex HMAC-SHA256(key, b"<t>." + body)>"``
   (:func:`request_signature`, :func:`parse_signature_header`, :func:`verify_request`).
 
@@ -27,7 +27,7 @@ import math
 import re
 from typing import Any, Mapping
 
-from .canonical import canonical_json, large_integers_as_doubles
+from .canonical import canonical_json, canonical_json_of_parsed, large_integers_as_doubles
 from .errors import ConfigError, SignatureError, ValidationError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "sign_event",
     "signed_body",
     "verify_event",
+    "verify_parsed_event",
     "request_signature",
     "parse_signature_header",
     "verify_request",
@@ -154,9 +155,14 @@ def signed_body(event: Mapping, key: str | bytes | None) -> tuple[str | None, by
     if key is None:
         return None, canonical
     sig = "v1=" + _hmac_sha256_hex(key, canonical)
+    return sig, _with_sig(canonical, sig)
+
+
+def _with_sig(canonical: bytes, sig: str) -> bytes:
+    """The canonical object bytes with ``"sig"`` spliced in as the last member."""
     if len(canonical) == 2:  # b"{}"
-        return sig, b'{"sig":"' + sig.encode() + b'"}'
-    return sig, canonical[:-1] + b',"sig":"' + sig.encode() + b'"}'
+        return b'{"sig":"' + sig.encode() + b'"}'
+    return canonical[:-1] + b',"sig":"' + sig.encode() + b'"}'
 
 
 def verify_event(event: Mapping, key: str | bytes) -> None:
@@ -179,6 +185,51 @@ def verify_event(event: Mapping, key: str | bytes) -> None:
             raise SignatureError(f"unverifiable event: {strict_error}") from strict_error
     if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise SignatureError("signature mismatch: 'sig' does not match the event content")
+
+
+_ABSENT = object()
+_MALFORMED_SIG = "malformed signature: 'sig' must be 'v1=' followed by 64 lowercase hex digits"
+
+
+def verify_parsed_event(event: dict, key: str | bytes) -> bytes:
+    """:func:`verify_event` for an event dict fresh from ``orjson.loads``; returns its signed body bytes.
+
+    Same checks, same SignatureError reasons, but faster: ``sig`` is popped
+    and put back (it becomes the last key) instead of copying the event, and
+    the canonical form comes from :func:`canonical_json_of_parsed`. The bytes
+    returned are what :func:`signed_body` writes for the event: its canonical
+    form without ``sig``, with ``sig`` spliced in as the last member.
+    """
+    if type(event) is not dict:
+        if not isinstance(event, Mapping):
+            raise SignatureError(f"malformed event: expected a JSON object, got {type(event).__name__}")
+        event = dict(event)
+    sig = event.pop("sig", _ABSENT)
+    try:
+        if sig is _ABSENT or sig is None:
+            raise SignatureError("missing signature: the event has no 'sig' field")
+        if type(sig) is not str or not sig.isascii():
+            raise SignatureError(_MALFORMED_SIG)
+        try:
+            canonical = canonical_json_of_parsed(event)
+        except ValidationError as strict_error:
+            if not _EVENT_SIG.match(sig):
+                raise SignatureError(_MALFORMED_SIG) from None
+            # As in verify_event: integral doubles beyond 2**53 were parsed back as ints. Their
+            # canonical text equals the ints' text, so the body below still holds the parsed ints.
+            try:
+                canonical = canonical_json(large_integers_as_doubles(event))
+            except ValidationError:
+                raise SignatureError(f"unverifiable event: {strict_error}") from strict_error
+        # Equal to a fresh hex digest means well formed: the format check is needed only to explain a failure.
+        if not hmac.compare_digest("v1=" + _hmac_sha256_hex(key, canonical), sig):
+            if not _EVENT_SIG.match(sig):
+                raise SignatureError(_MALFORMED_SIG)
+            raise SignatureError("signature mismatch: 'sig' does not match the event content")
+        return _with_sig(canonical, sig)
+    finally:
+        if sig is not _ABSENT:
+            event["sig"] = sig
 
 
 def _timestamp(now: float) -> int:

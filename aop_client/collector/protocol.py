@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Optional
 import orjson
 
 from ..errors import SignatureError
-from ..signing import verify_event, verify_request
+from ..signing import verify_event, verify_parsed_event, verify_request
 
 __all__ = [
     "RequestRefused",
@@ -28,6 +28,7 @@ __all__ = [
     "decode_body",
     "parse_batch",
     "event_refusal",
+    "event_verdict",
     "parse_completion",
     "missing_seqs",
     "MAX_MISSING_LISTED",
@@ -146,8 +147,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
-    """Why one event of a batch is rejected (a reason naming the field), or None when it is acceptable."""
+_MAX_SEQ = 2**63 - 1
+_dumps = orjson.dumps
+
+
+def _envelope_refusal(event: Any) -> Optional[str]:
+    """Why an event's envelope (every field but ``sig``) is refused, naming the field; None when it is fine."""
     if not isinstance(event, dict):
         return f"event must be a JSON object, got {type(event).__name__}"
     if not _is_uuid(event.get("event_id")):
@@ -157,7 +162,7 @@ def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
     if not _is_int(event.get("agent_id")):
         return f"agent_id must be an integer, got {event.get('agent_id')!r}"[:_MAX_REASON]
     seq = event.get("seq")
-    if not _is_int(seq) or seq < 1 or seq > 2**63 - 1:
+    if not _is_int(seq) or seq < 1 or seq > _MAX_SEQ:
         return f"seq must be an integer >= 1, got {seq!r}"[:_MAX_REASON]
     t = event.get("t")
     if not isinstance(t, str) or not _RFC3339_MS.match(t):
@@ -167,6 +172,59 @@ def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
         return f"type must be one of {sorted(EVENT_TYPES)}, got {event.get('type')!r}"[:_MAX_REASON]
     if not isinstance(event.get("payload"), dict):
         return f"payload must be a JSON object, got {type(event.get('payload')).__name__}"
+    return None
+
+
+# The fast envelope check compares byte templates instead of running regexes (3-4x cheaper):
+# every hex digit (of both UUIDs) or decimal digit (of t) becomes "0". Matching the template
+# implies matching _UUID / _RFC3339_MS; anything else is judged by the regexes.
+_HEX_TO_ZERO = bytes.maketrans(b"0123456789abcdefABCDEF", b"0" * 22)
+_DIGIT_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_TWO_UUIDS = b"00000000-0000-0000-0000-000000000000" * 2
+_TIMESTAMP_MS = b"0000-00-00T00:00:00.000Z"
+
+
+def _well_formed_envelope(event: Any) -> bool:
+    """True when the envelope of a parsed event is valid: the fast check of the common case (exact types only)."""
+    if type(event) is not dict:
+        return False
+    get = event.get
+    event_id, run_id, seq, t, kind = get("event_id"), get("run_id"), get("seq"), get("t"), get("type")
+    return (
+        type(event_id) is str and type(run_id) is str and type(t) is str and type(kind) is str
+        and type(get("agent_id")) is int and type(seq) is int and type(get("payload")) is dict
+        and 0 < seq <= _MAX_SEQ and kind in EVENT_TYPES
+        and (event_id + run_id).encode("utf-8", "surrogatepass").translate(_HEX_TO_ZERO) == _TWO_UUIDS
+        and t.encode("utf-8", "surrogatepass").translate(_DIGIT_TO_ZERO) == _TIMESTAMP_MS
+    )
+
+
+def event_verdict(event: Any, org_salt_key: Optional[str]) -> tuple[Optional[str], Optional[bytes]]:
+    """``(reason, None)`` when one event of a batch is rejected, else ``(None, body bytes to store)``.
+
+    The reasons are :func:`event_refusal`'s. With a key, the body is the event's
+    canonical form with ``sig`` spliced in last (what the client signed and sent);
+    without one, orjson's encoding of the event.
+    """
+    if not _well_formed_envelope(event):
+        reason = _envelope_refusal(event)
+        if reason is not None:
+            return reason, None
+    if org_salt_key is not None:
+        try:
+            return None, verify_parsed_event(event, org_salt_key)
+        except SignatureError as e:
+            return f"sig: {e.reason}"[:_MAX_REASON], None
+    if "sig" in event and not isinstance(event["sig"], str):
+        return f"sig must be a string, got {type(event['sig']).__name__}", None
+    return None, _dumps(event)
+
+
+def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:
+    """Why one event of a batch is rejected (a reason naming the field), or None when it is acceptable."""
+    reason = None if _well_formed_envelope(event) else _envelope_refusal(event)
+    if reason is not None:
+        return reason
     if org_salt_key is not None:
         try:
             verify_event(event, org_salt_key)
