@@ -21,6 +21,7 @@ from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
 from .boundary import translated
+from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
 from .layout import prepare_directory
@@ -79,6 +80,7 @@ class DiskStore(InspectionMixin):
         self.max_event_bytes = max_event_bytes
         self.lease_timeout = float(lease_timeout)
         self._clock = clock
+        self._retains_delivered = self.retention_seconds > 0 and self.retention_bytes > 0
         self._fsync = self.durability is Durability.FSYNC
         self._index_path = os.path.join(self.directory, "index.sqlite3")
         self._writer = SegmentWriter(self.segment_dir, fsync=self._fsync, max_segment_bytes=segment_bytes)
@@ -104,6 +106,7 @@ class DiskStore(InspectionMixin):
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
+        self._direct = DirectLeases(self.segment_dir)  # fenced leases taken past the index cursors
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
@@ -226,6 +229,7 @@ class DiskStore(InspectionMixin):
     def _evict_oldest(self, conn: sqlite3.Connection) -> bool:
         """Delete the oldest pending event to make room; counted under dropped['evicted']."""
         with self._lock:
+            self._index_direct_leases(conn)
             ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, target_pending=1)
             with state.Txn(conn):
                 row = conn.execute(
@@ -269,27 +273,42 @@ class DiskStore(InspectionMixin):
         with self._lock, state.Txn(conn):
             epoch = state.meta_value(conn, "epoch") + 1
             conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+            self._direct.reset(epoch)
             ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
             state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
         return epoch
 
     @translated
     def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
-        """Take up to max_events/max_bytes pending events, oldest first, seq order within a run."""
+        """Take up to max_events/max_bytes pending events, oldest first, seq order within a run.
+
+        A fenced lease (``epoch`` given) with no indexed event pending reads the
+        records past the index cursors directly (see direct_lease.py); their
+        refs are negative and the index learns of them when they are settled.
+        """
         self._check_pid()
         if max_events < 1:
             return []
         conn = self._db()
         now = self._clock()
         with self._lock:
+            if epoch is not None:
+                with state.Txn(conn):
+                    state.check_epoch(conn, epoch, "lease")
+                    self._expire_leases(conn, now)
+                    if state.counts(conn)[state.PENDING][0] == 0:
+                        direct = self._direct.lease(conn, epoch, max_events, max_bytes, max_payload=self._max_payload,
+                                                    now=now, until=now + self.lease_timeout)
+                        if direct is not None:
+                            return direct
+            self._index_direct_leases(conn)
             if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 2 * max_events):
                 ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, body_cache=self._body_cache,
                        target_pending=max(INDEX_LOW_WATER, 2 * max_events))
             with state.Txn(conn):
                 if epoch is not None:
                     state.check_epoch(conn, epoch, "lease")
-                expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
-                state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+                self._expire_leases(conn, now)
                 rows = conn.execute(
                     f"SELECT {state.EVENT_COLUMNS}, ord FROM events WHERE state = 0 ORDER BY ord, id LIMIT ?", (max_events,)
                 ).fetchall()
@@ -302,6 +321,25 @@ class DiskStore(InspectionMixin):
                 if picked:
                     state.lease_prefix(conn, picked[-1][-1], picked[-1][0], len(picked), total, now + self.lease_timeout)
             return self._materialize(conn, picked)
+
+    def _expire_leases(self, conn: sqlite3.Connection, now: float) -> None:
+        expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
+        state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+
+    def _index_direct_leases(self, conn: sqlite3.Connection) -> None:
+        """Before this process indexes anything: outstanding direct leases get their rows (or are dropped when deposed)."""
+        if not self._direct.active:
+            return
+        with state.Txn(conn):
+            if self._direct.epoch == state.meta_value(conn, "epoch"):
+                self._direct.materialize(conn)
+            else:
+                self._direct.reset()
+
+    def _ingest_everything(self, conn: sqlite3.Connection) -> None:
+        """Index every record in the segments (caller holds self._lock)."""
+        self._index_direct_leases(conn)
+        ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
 
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
         """Read and verify bodies; damaged records are quarantined and left out."""
@@ -330,6 +368,12 @@ class DiskStore(InspectionMixin):
         conn = self._db()
         with self._lock, state.Txn(conn):
             state.check_epoch(conn, epoch, action)
+            if ids and min(ids) < 0:  # direct leases
+                if action == "ack" and self._direct.try_ack(conn, ids, done_at=params[0], retain=self._retains_delivered):
+                    return len(ids)
+                if self._direct.active:
+                    self._direct.materialize(conn)
+                ids = self._direct.take_rows(ids)
             return state.move(conn, ids, from_states, to_state, extra, params)
 
     @translated

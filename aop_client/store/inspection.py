@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 from . import state
 from .api import DeadLetter, StoredEvent, StoreStats
 from .boundary import translated
-from .ingest import count_unindexed, ingest
+from .ingest import count_unindexed
 from .maintenance import reclaim_space
 
 
@@ -33,7 +33,7 @@ class InspectionMixin:
             return 0
         conn = self._db()
         with self._lock:
-            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
+            self._ingest_everything(conn)
             with state.Txn(conn):
                 ids = [row[0] for event_id, run_id, seq in items for row in conn.execute(
                     "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND seq = ? AND event_id = ?",
@@ -48,7 +48,7 @@ class InspectionMixin:
         conn = self._db()
         wanted = (*state.UNDELIVERED, state.DELIVERED) if include_delivered else state.UNDELIVERED
         with self._lock:
-            ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload)
+            self._ingest_everything(conn)
             rows = conn.execute(
                 f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_key = ? AND run_id = ? AND state IN ({','.join('?' * len(wanted))})"
                 " ORDER BY seq, ord",
@@ -123,12 +123,13 @@ class InspectionMixin:
             row = conn.execute("SELECT appended_at FROM events WHERE state = 0 ORDER BY ord LIMIT 1").fetchone()
             dropped = state.dropped(conn)
             quarantined = state.meta_value(conn, "quarantined")
+            direct = self._direct.outstanding(conn, state.meta_value(conn, "epoch"))  # past the cursors, but in flight
         for reason, n in self._drops.items():
             dropped[reason] = dropped.get(reason, 0) + n
         oldest = [t for t in (row[0] if row else None, unindexed_oldest) if t is not None]
         return StoreStats(
-            pending=counts[state.PENDING][0] + unindexed,
-            in_flight=counts[state.IN_FLIGHT][0],
+            pending=max(0, counts[state.PENDING][0] + unindexed - direct),
+            in_flight=counts[state.IN_FLIGHT][0] + direct,
             delivered_retained=counts[state.DELIVERED][0],
             dead_letters=counts[state.DEAD][0],
             fallback=counts[state.FALLBACK][0],

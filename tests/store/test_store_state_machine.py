@@ -1,4 +1,12 @@
-"""Stateful property test: two DiskStore handles on one directory against an in-memory model."""
+"""Stateful property test: two DiskStore handles on one directory against an in-memory model.
+
+Handle 0 plays the elected flusher: its fenced leases may be direct leases
+(negative refs, records taken past the index cursors, known to handle 0 only;
+see aop_client/store/direct_lease.py). The model follows what other handles
+can see of them: when handle 1 indexes the segments (its lease, iter_run,
+mark_delivered) or handle 0 dies, handle 0's unsettled direct leases are
+pending again and their refs are gone.
+"""
 
 from __future__ import annotations
 
@@ -78,53 +86,73 @@ class StoreMachine(RuleBasedStateMachine):
         self.next_seq[run] += 1
         self.events[eid] = ModelEvent(eid, run, seq, body, self.counter)
 
-    @rule(h=st.integers(0, 1), n=st.integers(1, 6))
-    def lease(self, h: int, n: int) -> None:
+    def _direct_leases_seen_by_others(self, h: int) -> None:
+        """Handle h is about to index the segments: handle 0's unsettled direct leases become pending rows."""
+        if h == 0:
+            return  # handle 0 gives its own direct leases in-flight rows first
+        outstanding = self.handles[0]._direct.refs_outstanding()
+        for e in self._in("in_flight"):
+            if e.ref in outstanding:
+                e.state, e.ref = "pending", None
+
+    def _handle_for(self, chosen: list, h: int) -> DiskStore:
+        """Direct-lease refs are only known to handle 0 (the flusher); row refs work on any handle."""
+        return self.handles[0] if any(isinstance(e.ref, int) and e.ref < 0 for e in chosen) else self.handles[h]
+
+    def _settleable(self, data, state: str) -> list[ModelEvent]:
+        pool = [e for e in self._in(state) if e.ref is not None]
+        return data.draw(st.lists(st.sampled_from(pool), unique_by=lambda e: e.event_id, min_size=1, max_size=len(pool)))
+
+    @rule(h=st.integers(0, 1), n=st.integers(1, 6), fenced=st.booleans())
+    def lease(self, h: int, n: int, fenced: bool) -> None:
         """A lease returns exactly the oldest pending events (expired leases first returned)."""
+        fenced = fenced and h == 0
+        if not fenced:
+            self._direct_leases_seen_by_others(h)
         for e in self._in("in_flight"):
             if e.lease_until < self.now[0]:
                 e.state = "pending"
         expected = self._in("pending")[:n]
-        batch = self.handles[h].lease(n, 10**9)
+        batch = self.handles[h].lease(n, 10**9, epoch=self.epoch) if fenced else self.handles[h].lease(n, 10**9)
         assert [b.event_id for b in batch] == [e.event_id for e in expected]
         for b, e in zip(batch, expected):
             assert (b.run_id, b.seq, b.body, b.attempts) == (e.run_id, e.seq, e.body, e.attempts)
             e.state, e.ref, e.lease_until = "in_flight", b.ref, self.now[0] + LEASE_TIMEOUT
 
-    @precondition(lambda self: self._in("in_flight"))
+    @precondition(lambda self: any(e.ref is not None for e in self._in("in_flight")))
     @rule(h=st.integers(0, 1), data=st.data())
     def ack(self, h: int, data) -> None:
         """Acked events become delivered-retained, and nothing else changes."""
-        chosen = self._subset(data, "in_flight")
-        self.handles[h].ack([e.ref for e in chosen], epoch=self.epoch)
+        chosen = self._settleable(data, "in_flight")
+        self._handle_for(chosen, h).ack([e.ref for e in chosen], epoch=self.epoch)
         for e in chosen:
             e.state, e.done_at = "delivered", self.now[0]
 
-    @precondition(lambda self: self._in("in_flight"))
+    @precondition(lambda self: any(e.ref is not None for e in self._in("in_flight")))
     @rule(h=st.integers(0, 1), data=st.data(), attempted=st.booleans())
     def release(self, h: int, data, attempted: bool) -> None:
         """Released events return to pending with their attempt counted."""
-        chosen = self._subset(data, "in_flight")
-        self.handles[h].release([e.ref for e in chosen], epoch=self.epoch, attempted=attempted)
+        chosen = self._settleable(data, "in_flight")
+        self._handle_for(chosen, h).release([e.ref for e in chosen], epoch=self.epoch, attempted=attempted)
         for e in chosen:
             e.state = "pending"
             e.attempts += int(attempted)
 
-    @precondition(lambda self: self._in("in_flight"))
+    @precondition(lambda self: any(e.ref is not None for e in self._in("in_flight")))
     @rule(h=st.integers(0, 1), data=st.data(), reason=st.sampled_from(["schema", "too old"]))
     def dead_letter(self, h: int, data, reason: str) -> None:
         """Dead-lettered events are listed with their reason."""
-        chosen = self._subset(data, "in_flight")
-        self.handles[h].dead_letter([e.ref for e in chosen], reason, epoch=self.epoch)
+        chosen = self._settleable(data, "in_flight")
+        self._handle_for(chosen, h).dead_letter([e.ref for e in chosen], reason, epoch=self.epoch)
         for e in chosen:
             e.state, e.reason = "dead", reason
 
-    @precondition(lambda self: self._in("in_flight"))
+    @precondition(lambda self: any(e.ref is not None for e in self._in("in_flight")))
     @rule(h=st.integers(0, 1), data=st.data())
     def fallback(self, h: int, data) -> None:
         """Fallback events are parked until retry_fallback."""
-        chosen = self._subset(data, "in_flight")
-        self.handles[h].fallback([e.ref for e in chosen], epoch=self.epoch)
+        chosen = self._settleable(data, "in_flight")
+        self._handle_for(chosen, h).fallback([e.ref for e in chosen], epoch=self.epoch)
         for e in chosen:
             e.state = "fallback"
 
@@ -133,6 +161,8 @@ class StoreMachine(RuleBasedStateMachine):
         """Stream-acked events move to delivered when pending or fallback; leased ones stay with the flusher."""
         pool = sorted(self.events.values(), key=lambda e: e.order)
         chosen = data.draw(st.lists(st.sampled_from(pool), unique_by=lambda e: e.event_id, max_size=4)) if pool else []
+        if chosen:  # an empty call returns at once, without indexing
+            self._direct_leases_seen_by_others(h)
         movable = [e for e in chosen if e.state in ("pending", "fallback")]
         moved = self.handles[h].mark_delivered([(e.event_id, e.run_id, e.seq) for e in chosen])
         assert moved == len(movable)
@@ -180,9 +210,9 @@ class StoreMachine(RuleBasedStateMachine):
     def stale_flusher(self, h: int, data, op: str) -> None:
         """A deposed flusher's mutation raises FencedError and changes nothing."""
         chosen = self._subset(data, "in_flight")
-        refs = [e.ref for e in chosen]
+        refs = [e.ref if e.ref is not None else 1 for e in chosen]
         epoch = data.draw(st.sampled_from(self.stale_epochs))
-        store = self.handles[h]
+        store = self._handle_for(chosen, h)
         calls = {
             "ack": lambda: store.ack(refs, epoch=epoch),
             "dead_letter": lambda: store.dead_letter(refs, "x", epoch=epoch),
@@ -198,13 +228,15 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(h=st.integers(0, 1))
     def reopen(self, h: int) -> None:
-        """Closing and reopening a handle loses nothing."""
+        """Closing and reopening a handle loses nothing (handle 0's unsettled direct leases are pending again)."""
+        self._forget_refs_of(h)
         self.handles[h].close()
         self.handles[h] = self._open()
 
     @rule(h=st.integers(0, 1), torn=st.booleans(), cut=st.floats(0.05, 0.95))
     def crash(self, h: int, torn: bool, cut: float) -> None:
         """A handle dies without closing (its fds vanish, maybe mid-append); a new one takes over."""
+        self._forget_refs_of(h)
         victim = self.handles[h]
         writer = victim._writer
         if torn:
@@ -224,6 +256,17 @@ class StoreMachine(RuleBasedStateMachine):
         victim._closed = True
         self.handles[h] = self._open()
 
+    def _forget_refs_of(self, h: int) -> None:
+        """Handle h goes away: its direct leases are pending again, its materialized ones orphaned in flight."""
+        if h != 0:
+            return
+        outstanding = self.handles[0]._direct.refs_outstanding()
+        for e in self._in("in_flight"):
+            if isinstance(e.ref, int) and e.ref < 0:
+                if e.ref in outstanding:
+                    e.state = "pending"
+                e.ref = None  # a materialized one stays in flight until its lease expires
+
     @rule(dt=st.floats(0, 120))
     def advance_clock(self, dt: float) -> None:
         """Time passes (leases may expire, retention may end)."""
@@ -241,6 +284,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(h=st.integers(0, 1), run=st.sampled_from(RUNS), include=st.booleans())
     def check_run(self, h: int, run: str, include: bool) -> None:
         """iter_run yields the run's stored events in seq order; torn appends are quarantined."""
+        self._direct_leases_seen_by_others(h)
         states = {"pending", "in_flight", "fallback"} | ({"delivered"} if include else set())
         expected = sorted((e for e in self.events.values() if e.run_id == run and e.state in states), key=lambda e: e.seq)
         got = list(self.handles[h].iter_run(run, include_delivered=include))
