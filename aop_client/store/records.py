@@ -26,6 +26,7 @@ MAGIC = b"\xaeAOP"
 HEADER = struct.Struct("<4sIII")
 HEADER_HEAD = struct.Struct("<4sII")
 FIXED = struct.Struct("<qdQHHI")
+_HEADER_AND_FIXED = struct.Struct("<4sIII" + "qdQHHI")  # both parts of a record's head, for one unpack
 HEADER_SIZE = HEADER.size  # 16
 FIXED_SIZE = FIXED.size  # 32
 OVERHEAD = HEADER_SIZE + FIXED_SIZE
@@ -111,26 +112,29 @@ def decode_run(buf: bytes, base: int = 0, max_payload: int = MAX_PAYLOAD) -> Dec
     append = items.append
     mv = memoryview(buf)
     unpack_head = HEADER.unpack_from
-    unpack_fixed = FIXED.unpack_from
+    unpack_both = _HEADER_AND_FIXED.unpack_from
     crc = _crc32
     n = len(buf)
     pos = 0
     while pos < n:
         if n - pos < HEADER_SIZE:
             return DecodeResult(items, pos, True)
-        magic, length, pcrc, hcrc = unpack_head(buf, pos)
+        if n - pos >= OVERHEAD:  # the common case: header and fixed part in one unpack
+            magic, length, pcrc, hcrc, ord_ns, appended_at, seq, le, lr, _ = unpack_both(buf, pos)
+        else:
+            magic, length, pcrc, hcrc = unpack_head(buf, pos)
+            le = -1
         if magic == MAGIC and crc(mv[pos : pos + 12]) == hcrc and FIXED_SIZE <= length <= max_payload:
             end = pos + HEADER_SIZE + length
             if end > n:
                 return DecodeResult(items, pos, True)
-            if crc(mv[pos + HEADER_SIZE : end]) == pcrc:
-                ord_ns, appended_at, seq, le, lr, _ = unpack_fixed(buf, pos + HEADER_SIZE)
+            if crc(mv[pos + HEADER_SIZE : end]) == pcrc and le >= 0:
                 ids = pos + OVERHEAD
                 body_off = ids + le + lr
                 if body_off <= end:
                     try:
-                        event_id = str(mv[ids : ids + le], "utf-8")
-                        run_id = str(mv[ids + le : body_off], "utf-8")
+                        event_id = buf[ids : ids + le].decode()
+                        run_id = buf[ids + le : body_off].decode()
                     except UnicodeDecodeError:
                         pass
                     else:
