@@ -44,6 +44,11 @@ class _Group:
         self.taken = taken  # (ord_ns, segment id, Record, body)
         self.first: dict[int, int] = {}  # segment id -> offset of the group's first record there
         self.ends: dict[int, int] = {}  # segment id -> end of the group's last record there
+        sid, last = taken[-1][1], taken[-1][2]
+        if taken[0][1] == sid and all(item[1] == sid for item in taken):  # the common case: one segment
+            self.first[sid] = taken[0][2].offset
+            self.ends[sid] = last.offset + last.length
+            return
         for _, sid, record, _body in taken:
             self.first.setdefault(sid, record.offset)
             self.ends[sid] = record.offset + record.length

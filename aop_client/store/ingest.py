@@ -114,6 +114,7 @@ def scan_pass(
     positions = positions or {}
     known = {name: (sid, cursor) for sid, name, cursor in conn.execute("SELECT id, name, cursor FROM segments")}
     reads = []
+    partial_ords: list[int] = []  # the last order key read from each partially read segment
     bound: int | None = None  # smallest last-read order key among partially read segments
     for name, size in list_segments(segment_dir):
         if name not in known:
@@ -133,15 +134,12 @@ def scan_pass(
         at_eof = cursor + len(buf) >= size
         reads.append((sid, name, path, cursor, size, buf, res, at_eof))
         if not at_eof:
-            last = max((i.ord_ns for i in res.items if type(i) is Record), default=None)
-            if last is not None and (bound is None or last < bound):
-                bound = last
-    partial_ords = [
-        max((i.ord_ns for i in res.items if type(i) is Record), default=None)
-        for (_, _, _, _, _, _, res, at_eof) in reads
-        if not at_eof
-    ]
-    partial_ords = [o for o in partial_ords if o is not None]
+            # a segment's order keys increase with the offset: its last record has the largest
+            last = next((i.ord_ns for i in reversed(res.items) if type(i) is Record), None)
+            if last is not None:
+                partial_ords.append(last)
+                if bound is None or last < bound:
+                    bound = last
     watermark = min(partial_ords) if partial_ords else None
     taken: list = []
     damage: list = []
@@ -170,7 +168,8 @@ def scan_pass(
             more = True
         if new_cursor != cursor:
             cursors.append((new_cursor, sid))
-    taken.sort(key=lambda t: (t[0], t[1], t[2].offset))
+    if len(reads) > 1:  # one segment's records are already in append order
+        taken.sort(key=lambda t: (t[0], t[1], t[2].offset))
     return Scan(taken, cursors, damage, more and bool(cursors))
 
 
