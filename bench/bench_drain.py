@@ -122,17 +122,24 @@ class TimedTransport:
         return response
 
 
-def drain_ours(spool: str, url: str, batch_size: int, queue) -> None:
-    """Child process: drain the whole backlog with the Flusher; report rate, latencies and peak RSS."""
-    store = DiskStore(spool, retention_seconds=0.0)
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drain_ours(spool: str, url: str, batch_size: int, retention: float, queue) -> None:
+    """Child process: drain the whole backlog with the Flusher; report rate, latencies, CPU and peak RSS."""
+    store = DiskStore(spool, retention_seconds=retention)
     transport = TimedTransport(HttpTransport(url, API_KEY, SALT, gzip_threshold=1024, read_timeout=60.0))
     flusher = Flusher(store, transport, FlusherElection(spool), batch_size=batch_size, batch_interval=0.0,
                       max_batch_bytes=8 * 2**20, retry_policy=RetryPolicy(5, 0.05, 1.0))
     base_rss = peak_rss_mb()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     ok = flusher.flush(timeout=3600)
-    elapsed = time.perf_counter() - started
-    queue.put({"ok": ok, "seconds": elapsed, "delivered": flusher.stats()["delivered"],
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    queue.put({"ok": ok, "seconds": elapsed, "cpu": cpu, "delivered": flusher.stats()["delivered"],
                "latencies": transport.latencies, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
                "stats": {k: v for k, v in flusher.stats().items() if k != "last_error"}})
     store.close()
@@ -177,6 +184,8 @@ def main() -> None:
     parser.add_argument("--sink-events", type=int, default=200_000, help="events drained into the null sink")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--retention", type=float, default=0.0,
+                        help="retention_seconds of the drained store (0: delivered events are not kept for replay)")
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="aop-bench-drain-")
@@ -189,6 +198,8 @@ def main() -> None:
     sink.start()
     sink_url = f"http://127.0.0.1:{port_queue.get()}"
     ours_rates, ours_lat, naive_rates, naive_lat, rss, sink_rates, sink_lat = [], [], [], [], [], [], []
+    flusher_us: list[float] = []
+    collector_us: list[float] = []
     try:
         for run in range(args.repeat):
             spool = os.path.join(root, f"spool-ours-{run}")
@@ -197,21 +208,26 @@ def main() -> None:
             print(f"[run {run}] filled {args.events:,} events ({size / args.events:.0f} B avg) "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
             queue = ctx.Queue()
-            child = ctx.Process(target=drain_ours, args=(spool, collector.url, args.batch_size, queue))
+            collector_cpu = process_cpu_seconds(collector.process.pid)
+            child = ctx.Process(target=drain_ours, args=(spool, collector.url, args.batch_size, args.retention, queue))
             child.start()
             result = queue.get()
+            collector_cpu = process_cpu_seconds(collector.process.pid) - collector_cpu
             child.join()
             assert result["ok"] and result["delivered"] == args.events, result["stats"]
+            flusher_us.append(result["cpu"] / args.events * 1e6)
+            collector_us.append(collector_cpu / args.events * 1e6)
             ours_rates.append(result["delivered"] / result["seconds"])
             ours_lat.extend(result["latencies"])
             rss.append(result["peak_rss_mb"])
             print(f"[run {run}] ours: {result['delivered']:,} events in {result['seconds']:.1f} s = "
-                  f"{ours_rates[-1]:,.0f} ev/s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{ours_rates[-1]:,.0f} ev/s, peak RSS {result['peak_rss_mb']:.0f} MB; CPU per event: "
+                  f"flusher {flusher_us[-1]:.1f} us, collector {collector_us[-1]:.1f} us", flush=True)
 
             spool = os.path.join(root, f"spool-sink-{run}")
             fill(spool, args.sink_events)
             queue = ctx.Queue()
-            child = ctx.Process(target=drain_ours, args=(spool, sink_url, args.batch_size, queue))
+            child = ctx.Process(target=drain_ours, args=(spool, sink_url, args.batch_size, args.retention, queue))
             child.start()
             result = queue.get()
             child.join()
@@ -240,6 +256,8 @@ def main() -> None:
           f"{statistics.median(naive_lat) * 1e3:>24.2f}{statistics.median(sink_lat) * 1e3:>20.2f}")
     print(f"{'POST latency p99 (ms)':24}{p99(ours_lat) * 1e3:>28.2f}{p99(naive_lat) * 1e3:>24.2f}{p99(sink_lat) * 1e3:>20.2f}")
     print(f"{'flusher peak RSS (MB)':24}{max(rss):>28.0f}")
+    print(f"{'flusher CPU (us/event)':24}{statistics.median(flusher_us):>28.1f}")
+    print(f"{'collector CPU (us/event)':24}{statistics.median(collector_us):>28.1f}")
     print(f"ratio ours/naive: {ours / naive:.1f}x; target >= 30,000 ev/s: {'met' if ours >= 30_000 else 'NOT met'}; "
           f"RSS < 100 MB: {'met' if max(rss) < 100 else 'NOT met'}; collector holds {held.get('events', '?'):,} events")
 
