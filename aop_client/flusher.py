@@ -112,6 +112,8 @@ class Flusher:
         self.clock = clock
         self.on_error = on_error
         self.election_poll = float(election_poll)
+        # HttpTransport can sign and gzip the next batch ahead of time (not part of the Transport protocol)
+        self._can_prepare = hasattr(transport, "prepare_batch") and hasattr(transport, "post_prepared")
         try:  # DiskStore.lease also fences (an additive keyword beyond the Store protocol)
             self._lease_fenced = "epoch" in inspect.signature(store.lease).parameters
         except (TypeError, ValueError):
@@ -314,12 +316,13 @@ class Flusher:
                 room = self.batch_size - len(held)
                 room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
                 fresh: list[StoredEvent] = []
+                fetched: Optional[_Prefetch] = None
                 if prefetch is not None:
-                    fresh, prefetch = prefetch.result(), None
+                    fresh, fetched, prefetch = prefetch.result(), prefetch, None
                 elif room > 0 and (room_bytes > 0 or not held):
                     fresh = self._lease(room, max(1, room_bytes))
                 if fresh:
-                    held.extend(fresh)
+                    held = fresh if not held else held + fresh  # a prefetched batch stays the same list
                     held_bytes += sum(len(e.body) for e in fresh)
                     if oldest_at is None:
                         oldest_at = self.clock()
@@ -328,10 +331,12 @@ class Flusher:
                                 max_batch_bytes=self.max_batch_bytes, batch_interval=self.batch_interval,
                                 force=forced or full):
                     batch, held, held_bytes, oldest_at = held, [], 0, None
+                    prepared = fetched.prepared_for(batch) if fetched is not None else None
                     if len(batch) >= self.batch_size:  # a backlog: lease the next batch while this one is posted
                         prefetch = _Prefetch(self._lease, self.batch_size,
-                                             self.max_batch_bytes - batch_overhead_bytes(_ID_TEMPLATE, self.batch_size))
-                    self._send(batch)
+                                             self.max_batch_bytes - batch_overhead_bytes(_ID_TEMPLATE, self.batch_size),
+                                             self._prepare if self._can_prepare else None)
+                    self._send(batch, prepared)
                     continue
                 if fresh:
                     continue  # top up at once while the store has more
@@ -353,22 +358,36 @@ class Flusher:
 
     # ------------------------------------------------------------ one batch
 
-    def _send(self, events: Sequence[StoredEvent]) -> None:
-        """Deliver ``events`` as one batch (and its halves after a split), applying every step to the store."""
-        queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(self._new_attempt(events), list(events))]
+    def _prepare(self, events: list[StoredEvent]) -> tuple[BatchAttempt, bytes, Any]:
+        """The first attempt of a batch, its body and the transport's ready-to-POST request (prefetch thread)."""
+        attempt = self._new_attempt(events)
+        body = build_batch_body(attempt.batch_id, [e.body for e in events])
+        return attempt, body, self.transport.prepare_batch(attempt.batch_id, body, now=self.clock())  # type: ignore[attr-defined]
+
+    def _send(self, events: Sequence[StoredEvent], prepared: Optional[tuple[BatchAttempt, bytes, Any]] = None) -> None:
+        """Deliver ``events`` as one batch (and its halves after a split), applying every step to the store.
+
+        ``prepared`` (from :meth:`_prepare`) is used for the first POST only; retries are signed afresh.
+        """
+        first = prepared if prepared is not None else (self._new_attempt(events), None, None)
+        queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(first[0], list(events))]
         while queue:
             attempt, batch = queue.pop(0)
             by_id: dict[str, list[StoredEvent]] = defaultdict(list)
             for event in batch:
                 by_id[event.event_id].append(event)
-            body = build_batch_body(attempt.batch_id, [e.body for e in batch])
+            ready = first[2] if attempt is first[0] else None
+            body = first[1] if ready is not None else build_batch_body(attempt.batch_id, [e.body for e in batch])
             failed_here = False
             while True:
                 if self._stop.is_set():
                     self._release(batch, attempted=failed_here)
                     break
                 self._run_pre_hooks(batch)
-                response = self.transport.post_batch(attempt.batch_id, body, now=self.clock())
+                if ready is not None:
+                    response, ready = self.transport.post_prepared(ready), None  # type: ignore[attr-defined]
+                else:
+                    response = self.transport.post_batch(attempt.batch_id, body, now=self.clock())
                 self._count("batches_sent")
                 outcome = classify(response.status, response.headers, response.body,
                                    batch_event_ids=attempt.event_ids, now=self.clock(),
@@ -507,18 +526,28 @@ class Flusher:
 
 
 class _Prefetch:
-    """One store lease run on a short-lived helper thread, overlapping the POST of the previous batch."""
+    """The next batch, leased (and made ready to POST) on a short-lived helper thread while the previous POST runs.
 
-    def __init__(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int) -> None:
+    With ``prepare``, a full batch is also given its attempt, body, signature
+    and gzip here (zlib and hashlib release the GIL), so the next POST can start
+    the moment the previous answer is applied.
+    """
+
+    def __init__(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int,
+                 prepare: Optional[Callable[[list[StoredEvent]], Any]] = None) -> None:
         self._events: list[StoredEvent] = []
+        self._prepared: Any = None
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._work, args=(lease, max_events, max_bytes),
+        self._thread = threading.Thread(target=self._work, args=(lease, max_events, max_bytes, prepare),
                                         name="aop-flusher-prefetch", daemon=True)
         self._thread.start()
 
-    def _work(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int) -> None:
+    def _work(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int,
+              prepare: Optional[Callable[[list[StoredEvent]], Any]]) -> None:
         try:
             self._events = lease(max_events, max_bytes)
+            if prepare is not None and len(self._events) == max_events:
+                self._prepared = prepare(self._events)
         except BaseException as e:  # handed to the loop by result()
             self._error = e
 
@@ -528,3 +557,7 @@ class _Prefetch:
         if self._error is not None:
             raise self._error
         return self._events
+
+    def prepared_for(self, batch: list[StoredEvent]) -> Any:
+        """What ``prepare`` made of exactly these events (None when the batch is not the prefetched one)."""
+        return self._prepared if self._prepared is not None and batch is self._events else None

@@ -65,6 +65,15 @@ class Response:
     sent_bytes: int = 0  # bytes on the wire (after gzip)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch POST made ready ahead of time (signed, maybe gzipped): see HttpTransport.prepare_batch."""
+
+    batch_id: str
+    headers: Mapping[str, str]
+    wire: bytes
+
+
 class HttpTransport:
     """Posts batches and run completions to one AOP server over a pooled urllib3 connection."""
 
@@ -124,6 +133,21 @@ class HttpTransport:
         """POST one batch body (uncompressed JSON) with Idempotency-Key=batch_id and a fresh signature."""
         return self._post(BATCH_PATH, body, now=now, extra={"Idempotency-Key": batch_id})
 
+    def prepare_batch(self, batch_id: str, body: bytes, *, now: float) -> PreparedBatch:
+        """Sign (at ``now``) and compress a batch body now, to POST later with :meth:`post_prepared`.
+
+        Lets the flusher build the next request while the previous one is in
+        flight; the signature's timestamp only has to be within the server's
+        tolerance (minutes) when it arrives. Retries call :meth:`post_batch`
+        (a fresh signature), never this again.
+        """
+        headers, wire = self.headers_for(body, now=now, extra={"Idempotency-Key": batch_id})
+        return PreparedBatch(batch_id, headers, wire)
+
+    def post_prepared(self, prepared: PreparedBatch) -> Response:
+        """POST a batch made ready by :meth:`prepare_batch`."""
+        return self._send(BATCH_PATH, prepared.headers, prepared.wire)
+
     def post_run_complete(self, run_id: str, payload: Mapping[str, Any], *, now: float | None = None) -> Response:
         """POST the run-completion document of protocol section 3 for ``run_id``."""
         body = orjson.dumps(dict(payload))
@@ -172,6 +196,9 @@ class HttpTransport:
 
     def _post(self, path: str, body: bytes, *, now: float, extra: Mapping[str, str]) -> Response:
         headers, wire = self.headers_for(body, now=now, extra=extra)
+        return self._send(path, headers, wire)
+
+    def _send(self, path: str, headers: Mapping[str, str], wire: bytes) -> Response:
         try:
             answer = self._manager().urlopen(
                 "POST", self.base_url + path, body=wire, headers=headers,
