@@ -47,6 +47,7 @@ from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
 from .errors import ConfigError, FencedError
 from .replay import write_trace_file
+from .send_pipeline import InOrder, SendPool
 from .store.api import Store, StoredEvent
 from .transport import HttpTransport
 
@@ -92,10 +93,11 @@ class Flusher:
         on_error: Callable[[BaseException], None] | None = None,
         election_poll: float = 0.1,
         fallback_retry_interval: float = 60.0,
+        max_in_flight: int = 1,
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("max_batch_bytes", max_batch_bytes, 1),
                                  ("batch_interval", batch_interval, 0), ("election_poll", election_poll, 0.01),
-                                 ("fallback_retry_interval", fallback_retry_interval, 0)):
+                                 ("fallback_retry_interval", fallback_retry_interval, 0), ("max_in_flight", max_in_flight, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
                 raise ConfigError(f"{name} must be a number >= {low}, got {value!r}", field=name, value=value)
         self.store = store
@@ -128,6 +130,7 @@ class Flusher:
         self._flush_done = 0  # ... and completed by the leader loop
         self._fallback_retried_for = 0  # the last flush generation for which parked events were retried
         self.fallback_retry_interval = float(fallback_retry_interval)
+        self.max_in_flight = int(max_in_flight)  # batch POSTs on the wire at once
         self._fallback_retried_at = time.monotonic()
         self._flush_cond = threading.Condition(self._lock)
         self._counts: dict[str, int] = defaultdict(int)
@@ -296,16 +299,22 @@ class Flusher:
                 self._note_error(f"election release failed: {e}", e)
 
     def _drain(self, one_shot: bool) -> bool:
-        """Lease, hold and send batches until stopped; True once a one-shot drain found nothing left to lease."""
+        """Lease, hold and send batches until stopped; True once a one-shot drain found nothing left to lease.
+
+        Sends run on :class:`SendPool` threads (up to ``max_in_flight`` at once)
+        while this loop leases, signs and compresses the next batch.
+        """
         held: list[StoredEvent] = []
         held_bytes = 0
         oldest_at: Optional[float] = None
-        prefetch: Optional[_Prefetch] = None
+        epoch = self._epoch
+        senders = SendPool(self._send, self.max_in_flight)
         try:
             while True:
                 if self._stop.is_set():
                     self._release(held, attempted=False)
                     return False
+                senders.check()
                 with self._lock:
                     wanted = self._flush_asked
                 forced = one_shot or wanted > self._flush_done
@@ -316,13 +325,10 @@ class Flusher:
                 room = self.batch_size - len(held)
                 room_bytes = self.max_batch_bytes - held_bytes - batch_overhead_bytes(_ID_TEMPLATE, len(held) + room)
                 fresh: list[StoredEvent] = []
-                fetched: Optional[_Prefetch] = None
-                if prefetch is not None:
-                    fresh, fetched, prefetch = prefetch.result(), prefetch, None
-                elif room > 0 and (room_bytes > 0 or not held):
+                if room > 0 and (room_bytes > 0 or not held):
                     fresh = self._lease(room, max(1, room_bytes))
                 if fresh:
-                    held = fresh if not held else held + fresh  # a prefetched batch stays the same list
+                    held = fresh if not held else held + fresh
                     held_bytes += sum(len(e.body) for e in fresh)
                     if oldest_at is None:
                         oldest_at = self.clock()
@@ -331,15 +337,15 @@ class Flusher:
                                 max_batch_bytes=self.max_batch_bytes, batch_interval=self.batch_interval,
                                 force=forced or full):
                     batch, held, held_bytes, oldest_at = held, [], 0, None
-                    prepared = fetched.prepared_for(batch) if fetched is not None else None
-                    if len(batch) >= self.batch_size:  # a backlog: lease the next batch while this one is posted
-                        prefetch = _Prefetch(self._lease, self.batch_size,
-                                             self.max_batch_bytes - batch_overhead_bytes(_ID_TEMPLATE, self.batch_size),
-                                             self._prepare if self._can_prepare else None)
-                    self._send(batch, prepared)
+                    # sign and gzip now, while earlier batches are on the wire
+                    prepared = self._prepare(batch) if self._can_prepare else None
+                    senders.submit(batch, prepared, epoch)
                     continue
                 if fresh:
                     continue  # top up at once while the store has more
+                if senders.busy:  # a send may still give events back (release): look again once it is done
+                    senders.wait_all()
+                    continue
                 if not held and forced:
                     with self._flush_cond:
                         self._flush_done = max(self._flush_done, wanted)
@@ -350,24 +356,24 @@ class Flusher:
                 self._wake.wait(wait)
                 self._wake.clear()
         finally:
-            if prefetch is not None:
-                try:
-                    self._release(prefetch.result(), attempted=False)
-                except Exception:  # fenced or failing store: lease expiry or the next epoch returns them
-                    pass
+            senders.close()
 
     # ------------------------------------------------------------ one batch
 
     def _prepare(self, events: list[StoredEvent]) -> tuple[BatchAttempt, bytes, Any]:
-        """The first attempt of a batch, its body and the transport's ready-to-POST request (prefetch thread)."""
+        """The first attempt of a batch, its body and the transport's ready-to-POST request."""
         attempt = self._new_attempt(events)
         body = build_batch_body(attempt.batch_id, [e.body for e in events])
         return attempt, body, self.transport.prepare_batch(attempt.batch_id, body, now=self.clock())  # type: ignore[attr-defined]
 
-    def _send(self, events: Sequence[StoredEvent], prepared: Optional[tuple[BatchAttempt, bytes, Any]] = None) -> None:
+    def _send(self, events: Sequence[StoredEvent], prepared: Optional[tuple[BatchAttempt, bytes, Any]],
+              ticket: int, in_order: InOrder, epoch: Optional[int]) -> None:
         """Deliver ``events`` as one batch (and its halves after a split), applying every step to the store.
 
-        ``prepared`` (from :meth:`_prepare`) is used for the first POST only; retries are signed afresh.
+        Runs on a send thread. ``prepared`` (from :meth:`_prepare`) is used for
+        the first POST only; retries are signed afresh. Steps reach the store
+        only after every earlier ticket is done, under the epoch of the drain
+        that leased the batch.
         """
         first = prepared if prepared is not None else (self._new_attempt(events), None, None)
         queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(first[0], list(events))]
@@ -393,7 +399,8 @@ class Flusher:
                                    batch_event_ids=attempt.event_ids, now=self.clock(),
                                    error=response.error, truncated=response.truncated)
                 step = next_step(attempt, outcome, self.retry_policy, self.rng.random())
-                self._apply(step, by_id, attempt, outcome.duplicates if isinstance(outcome, Delivered) else 0)
+                in_order.wait_turn(ticket)
+                self._apply(step, by_id, attempt, outcome.duplicates if isinstance(outcome, Delivered) else 0, epoch)
                 if step.halves:
                     self._count("split")
                     queue[:0] = [(self._new_attempt(part), part)
@@ -411,8 +418,8 @@ class Flusher:
         # uuid4 reads os.urandom: forked processes never share batch ids (a seeded rng would).
         return BatchAttempt(batch_id=str(uuid.uuid4()), event_ids=ids, failures=failures)
 
-    def _apply(self, step: Step, by_id: dict[str, list[StoredEvent]], attempt: BatchAttempt, duplicates: int) -> None:
-        epoch = self._epoch
+    def _apply(self, step: Step, by_id: dict[str, list[StoredEvent]], attempt: BatchAttempt, duplicates: int,
+               epoch: Optional[int]) -> None:
         if epoch is None:
             raise FencedError("flusher has no epoch: not elected")
         if step.ack:
@@ -523,41 +530,3 @@ class Flusher:
                     self.on_error(exc)
                 except Exception:
                     log.exception("aop_client flusher on_error callback raised")
-
-
-class _Prefetch:
-    """The next batch, leased (and made ready to POST) on a short-lived helper thread while the previous POST runs.
-
-    With ``prepare``, a full batch is also given its attempt, body, signature
-    and gzip here (zlib and hashlib release the GIL), so the next POST can start
-    the moment the previous answer is applied.
-    """
-
-    def __init__(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int,
-                 prepare: Optional[Callable[[list[StoredEvent]], Any]] = None) -> None:
-        self._events: list[StoredEvent] = []
-        self._prepared: Any = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._work, args=(lease, max_events, max_bytes, prepare),
-                                        name="aop-flusher-prefetch", daemon=True)
-        self._thread.start()
-
-    def _work(self, lease: Callable[[int, int], list[StoredEvent]], max_events: int, max_bytes: int,
-              prepare: Optional[Callable[[list[StoredEvent]], Any]]) -> None:
-        try:
-            self._events = lease(max_events, max_bytes)
-            if prepare is not None and len(self._events) == max_events:
-                self._prepared = prepare(self._events)
-        except BaseException as e:  # handed to the loop by result()
-            self._error = e
-
-    def result(self) -> list[StoredEvent]:
-        """The leased events (waits for the lease); re-raises the lease's error in the caller."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._events
-
-    def prepared_for(self, batch: list[StoredEvent]) -> Any:
-        """What ``prepare`` made of exactly these events (None when the batch is not the prefetched one)."""
-        return self._prepared if self._prepared is not None and batch is self._events else None

@@ -1,0 +1,124 @@
+"""max_in_flight: several batch POSTs on the wire at once, outcomes applied to the store in send order."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+from test_flusher_fakes import DELIVERED, MemoryStore, SoloElection, event_body, ok_response
+
+from aop_client.collector.faults import FaultConfig
+from aop_client.core.backoff import RetryPolicy
+from aop_client.election import FlusherElection
+from aop_client.errors import ConfigError
+from aop_client.flusher import Flusher
+from aop_client.send_pipeline import InOrder
+from aop_client.signing import signed_body
+from aop_client.store import DiskStore
+from aop_client.testing import TEST_ORG_SALT_KEY, wait_until
+from aop_client.trace_builder import TraceBuilder
+from aop_client.transport import HttpTransport, Response
+
+
+class HeldFirstTransport:
+    """Holds the first POST until released; answers every POST with the protocol's 200."""
+
+    def __init__(self) -> None:
+        self.release_first = threading.Event()
+        self.second_arrived = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def post_batch(self, batch_id: str, body: bytes, *, now: float) -> Response:
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        if call == 1:
+            assert self.release_first.wait(30), "the test never released the first POST"
+        elif call == 2:
+            self.second_arrived.set()
+        return ok_response(body)
+
+
+def test_a_later_batch_answered_first_is_acknowledged_only_after_the_earlier_one():
+    """Batch 2 is answered while batch 1 hangs: its ack waits, then both are acked in send order."""
+    store = MemoryStore()
+    for i in range(20):
+        event_id, body = event_body(i)
+        store.append(event_id, "run-1", i + 1, body)
+    transport = HeldFirstTransport()
+    flusher = Flusher(store, transport, SoloElection(), batch_size=10, batch_interval=0.0, max_in_flight=2,
+                      retry_policy=RetryPolicy(2, 0.01, 0.05), rng=random.Random(1))
+    done = threading.Thread(target=flusher.flush, kwargs={"timeout": 30})
+    done.start()
+    assert transport.second_arrived.wait(30)
+    assert store.acks == []  # batch 2 was answered, but batch 1 is still on the wire
+    transport.release_first.set()
+    done.join(30)
+    assert store.states()[DELIVERED] == 20
+    assert store.acks == sorted(store.acks)  # refs acked oldest first: batch 1's, then batch 2's
+
+
+def test_in_order_tickets_release_waiters_only_when_every_earlier_ticket_is_done():
+    """InOrder: ticket 2 waits for 0 and 1, whichever order they finish in."""
+    order = InOrder()
+    passed = threading.Event()
+
+    def waiter() -> None:
+        order.wait_turn(2)
+        passed.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    order.done(1)
+    assert not passed.wait(0.05)
+    order.done(0)
+    assert passed.wait(10)
+    thread.join()
+
+
+def test_max_in_flight_must_be_a_positive_number():
+    """max_in_flight=0 is refused naming the field."""
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        Flusher(MemoryStore(), HeldFirstTransport(), SoloElection(), max_in_flight=0)
+
+
+class ConcurrencyProbe(HttpTransport):
+    """The real transport, counting how many POSTs are on the wire at once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self.now_in_flight = self.most_in_flight = 0
+
+    def _send(self, path, headers, wire):
+        with self._lock:
+            self.now_in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.now_in_flight)
+        try:
+            return super()._send(path, headers, wire)
+        finally:
+            with self._lock:
+                self.now_in_flight -= 1
+
+
+def test_two_batches_on_the_wire_against_a_slow_collector_deliver_everything_once(tmp_path, aop_collector_factory):
+    """Slow answers (0.2 s): two POSTs overlap, never three, and the collector holds each event once."""
+    collector = aop_collector_factory(faults=FaultConfig(rate_slow=1.0, slow_delay=0.2))
+    store = DiskStore(str(tmp_path / "spool"))
+    builder = TraceBuilder(agent_id=9)
+    ids = []
+    for _ in range(60):
+        event = builder.create_reasoning(goal="g", steps=[], safety_checks=[], uncertainty="low")
+        assert store.append(event["event_id"], event["run_id"], event["seq"], signed_body(event, TEST_ORG_SALT_KEY)[1]).stored
+        ids.append(event["event_id"])
+    transport = ConcurrencyProbe(collector.url, collector.api_key, TEST_ORG_SALT_KEY)
+    flusher = Flusher(store, transport, FlusherElection(store.directory), batch_size=10, batch_interval=0.0,
+                      max_in_flight=2, retry_policy=RetryPolicy(3, 0.01, 0.05))
+    assert flusher.flush(timeout=30)
+    assert transport.most_in_flight == 2
+    assert sorted(e["event_id"] for e in collector.events()) == sorted(ids)
+    assert collector.stats()["duplicates"] == 0
+    assert wait_until(lambda: store.stats().pending == 0 and store.stats().in_flight == 0, timeout=5)
+    store.close()
