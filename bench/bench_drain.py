@@ -129,12 +129,12 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drain_ours(spool: str, url: str, batch_size: int, retention: float, queue) -> None:
+def drain_ours(spool: str, url: str, batch_size: int, retention: float, in_flight: int, queue) -> None:
     """Child process: drain the whole backlog with the Flusher; report rate, latencies, CPU and peak RSS."""
     store = DiskStore(spool, retention_seconds=retention)
     transport = TimedTransport(HttpTransport(url, API_KEY, SALT, gzip_threshold=1024, read_timeout=60.0))
     flusher = Flusher(store, transport, FlusherElection(spool), batch_size=batch_size, batch_interval=0.0,
-                      max_batch_bytes=8 * 2**20, retry_policy=RetryPolicy(5, 0.05, 1.0))
+                      max_batch_bytes=8 * 2**20, retry_policy=RetryPolicy(5, 0.05, 1.0), max_in_flight=in_flight)
     base_rss = peak_rss_mb()
     started, cpu_started = time.perf_counter(), time.process_time()
     ok = flusher.flush(timeout=3600)
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--sink-events", type=int, default=200_000, help="events drained into the null sink")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--in-flight", type=int, default=1, help="the flusher's max_in_flight (batch POSTs at once)")
     parser.add_argument("--retention", type=float, default=0.0,
                         help="retention_seconds of the drained store (0: delivered events are not kept for replay)")
     args = parser.parse_args()
@@ -209,7 +210,7 @@ def main() -> None:
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
             queue = ctx.Queue()
             collector_cpu = process_cpu_seconds(collector.process.pid)
-            child = ctx.Process(target=drain_ours, args=(spool, collector.url, args.batch_size, args.retention, queue))
+            child = ctx.Process(target=drain_ours, args=(spool, collector.url, args.batch_size, args.retention, args.in_flight, queue))
             child.start()
             result = queue.get()
             collector_cpu = process_cpu_seconds(collector.process.pid) - collector_cpu
@@ -227,7 +228,7 @@ def main() -> None:
             spool = os.path.join(root, f"spool-sink-{run}")
             fill(spool, args.sink_events)
             queue = ctx.Queue()
-            child = ctx.Process(target=drain_ours, args=(spool, sink_url, args.batch_size, args.retention, queue))
+            child = ctx.Process(target=drain_ours, args=(spool, sink_url, args.batch_size, args.retention, args.in_flight, queue))
             child.start()
             result = queue.get()
             child.join()
