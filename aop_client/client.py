@@ -234,6 +234,7 @@ class AOPClient:
             batch_size=c.batch_size,
             batch_interval=c.batch_interval,
             max_batch_bytes=c.max_batch_bytes,
+            max_in_flight=c.max_in_flight,
             retry_policy=RetryPolicy(
                 max_retries=c.max_retries, base=c.retry_backoff_base, cap=c.retry_backoff_max
             ),

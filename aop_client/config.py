@@ -60,6 +60,7 @@ class ClientConfig:
     buffer_block_timeout: float = 1.0
     max_batch_bytes: int = 4 * 2**20
     max_event_bytes: int = 1_000_000
+    max_in_flight: int = 1  # batch POSTs on the wire at once (raise it for a server with several workers)
 
     # Retry
     max_retries: int = 3
@@ -210,7 +211,7 @@ def _fail(name: str, value: Any, why: str) -> None:
 
 
 _POSITIVE_INT = {"batch_size", "max_buffer_size", "max_buffer_bytes", "max_batch_bytes",
-                 "max_event_bytes"}
+                 "max_event_bytes", "max_in_flight"}
 _NON_NEGATIVE_INT = {"max_retries", "gzip_threshold", "retention_bytes"}
 _POSITIVE_FLOAT = {"batch_interval", "retry_backoff_max", "connect_timeout", "read_timeout"}
 _NON_NEGATIVE_FLOAT = {"retry_backoff_base", "buffer_block_timeout", "retention_seconds"}

@@ -91,7 +91,8 @@ def test_bad_env_value_names_variable_and_value(var, raw):
     [({"batch_size": "100"}, "batch_size"), ({"batch_interval": float("nan")}, "batch_interval"),
      ({"verify_ssl": "yes"}, "verify_ssl"), ({"redaction_hook": 3}, "redaction_hook"),
      ({"streaming_url": "ftp://x"}, "streaming_url"), ({"agent_id": True}, "agent_id"),
-     ({"retry_backoff_base": 10.0, "retry_backoff_max": 1.0}, "retry_backoff_base")],
+     ({"retry_backoff_base": 10.0, "retry_backoff_max": 1.0}, "retry_backoff_base"),
+     ({"max_in_flight": 0}, "max_in_flight")],
 )
 def test_bad_field_is_named(kwargs, name):
     """A bad keyword argument raises ConfigError whose message and .field name the field."""
