@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 import os
 import random
 import threading
@@ -55,6 +56,7 @@ __all__ = ["Flusher"]
 
 log = logging.getLogger("aop_client.flusher")
 
+_EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgetter("attempts"), operator.attrgetter("body")
 _POLL = 0.25  # longest wait between store polls while elected and idle
 _ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
@@ -329,7 +331,7 @@ class Flusher:
                     fresh = self._lease(room, max(1, room_bytes))
                 if fresh:
                     held = fresh if not held else held + fresh
-                    held_bytes += sum(len(e.body) for e in fresh)
+                    held_bytes += sum(map(len, map(_BODY, fresh)))
                     if oldest_at is None:
                         oldest_at = self.clock()
                 full = room <= 0 or (not fresh and room_bytes <= 0)
@@ -413,8 +415,8 @@ class Flusher:
                     break
 
     def _new_attempt(self, events: Sequence[StoredEvent]) -> BatchAttempt:
-        ids = tuple(e.event_id for e in events)
-        failures = min((e.attempts for e in events), default=0)
+        ids = tuple(map(_EVENT_ID, events))
+        failures = min(map(_ATTEMPTS, events), default=0)
         # uuid4 reads os.urandom: forked processes never share batch ids (a seeded rng would).
         return BatchAttempt(batch_id=str(uuid.uuid4()), event_ids=ids, failures=failures)
 

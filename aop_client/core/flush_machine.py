@@ -61,6 +61,8 @@ def next_step(attempt: BatchAttempt, outcome: Outcome, policy: RetryPolicy, u: f
     """The step that follows ``outcome`` for ``attempt``; ``u`` in [0, 1) is the jitter draw."""
     ids = attempt.event_ids
     if isinstance(outcome, Delivered):
+        if not outcome.rejected:  # the common case: everything accepted
+            return Step(ack=tuple(dict.fromkeys(ids)))
         dead = tuple((i, outcome.rejected[i]) for i in dict.fromkeys(ids) if i in outcome.rejected)
         rejected = {i for i, _ in dead}
         return Step(ack=tuple(i for i in dict.fromkeys(ids) if i not in rejected), dead=dead)

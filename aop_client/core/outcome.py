@@ -126,7 +126,7 @@ def _read_batch_response(body: bytes, batch_ids: Sequence[str]) -> Delivered | s
         if event_id in in_batch:
             reason = entry.get("reason")
             rejected[event_id] = _short(reason if isinstance(reason, str) else "rejected by server")
-    delivered = tuple(dict.fromkeys(i for i in batch_ids if i not in rejected))
+    delivered = tuple(dict.fromkeys(batch_ids if not rejected else (i for i in batch_ids if i not in rejected)))
     return Delivered(delivered_ids=delivered, duplicates=duplicates, rejected=rejected)
 
 
