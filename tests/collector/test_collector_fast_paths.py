@@ -34,7 +34,7 @@ ENVELOPE = {
     "event_id": st.one_of(UUIDS, UUIDS.map(str.upper), UUIDS.map(lambda u: u[:-1] + "g"), UUIDS.map(lambda u: u + "0"),
                           UUIDS.map(lambda u: u.replace("-", "_", 1)), st.integers(), st.none()),
     "run_id": st.one_of(UUIDS, UUIDS.map(lambda u: "\u0661" + u[1:]), VALUES),
-    "agent_id": st.one_of(st.integers(-(2**40), 2**40), st.booleans(), st.floats(allow_nan=False), TEXT),
+    "agent_id": st.one_of(st.integers(-(2**40), 2**40), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), TEXT),
     "seq": st.one_of(st.integers(1, 2**63 - 1), st.integers(-3, 0), st.just(2**63), st.booleans(), st.just(1.0)),
     "t": st.one_of(st.just("2025-12-05T10:00:00.000Z"), st.just("2025-12-05T10:00:00.000Z "),
                    st.just("2025-12-05 10:00:00.000Z"), st.just("\u0662025-12-05T10:00:00.000Z"),
