@@ -141,8 +141,8 @@ def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], s
             rejected.append({"event_id": event_id if isinstance(event_id, str) else None,
                              "reason": f"events[{index}]: {reason}"})
             continue
-        incoming.append(IncomingEvent(event["event_id"], event["run_id"], event["seq"], event["agent_id"],
-                                      event["type"], body))
+        # A plain tuple in IncomingEvent's field order (half the cost of building the NamedTuple)
+        incoming.append((event["event_id"], event["run_id"], event["seq"], event["agent_id"], event["type"], body))
     duplicate_flags = state.storage.insert_batch(batch.batch_id, incoming, now=now)
     duplicates = sum(duplicate_flags)
     accepted = len(incoming) - duplicates

@@ -169,7 +169,10 @@ class CollectorStorage:
         self._last_rowid = last
 
     def insert_batch(self, batch_id: str, events: Sequence[IncomingEvent], *, now: Optional[float] = None) -> list[bool]:
-        """Store the events not yet held; record every receipt; returns per event whether it was a duplicate."""
+        """Store the events not yet held; record every receipt; returns per event whether it was a duplicate.
+
+        ``events`` are IncomingEvents or plain tuples in the same field order.
+        """
         at = time.time() if now is None else now
         if not events:
             return []
