@@ -394,3 +394,12 @@ def test_typical_parsed_event_takes_the_orjson_fast_path(monkeypatch):
     expected = rfc8785.dumps(event)
     monkeypatch.setattr(canonical, "canonical_json", lambda value: pytest.fail("slow path taken"))
     assert canonical.canonical_json_of_parsed(event) == expected
+
+
+@settings(relaxed, max_examples=MANY)
+@given(st.floats(min_value=0.1, max_value=1.0), st.integers(-12, 24), st.integers(1, 17), st.booleans())
+def test_canonical_json_of_parsed_around_every_plain_and_exponent_threshold(mantissa, exponent, digits, negative):
+    """Floats near the magnitudes where orjson or ECMAScript switch notation (1e-7..1e-4, 1e16..1e21) match rfc8785."""
+    number = float("%.*g" % (digits, mantissa * 10.0**exponent)) * (-1 if negative else 1)
+    parsed = orjson.loads(orjson.dumps({"x": number, "y": [number]}))
+    assert canonical_json_of_parsed(parsed) == rfc8785.dumps(parsed)
