@@ -34,6 +34,7 @@ _STORED = AppendResult(True)
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
 INDEX_LOW_WATER = 4_000
+DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
 
@@ -106,7 +107,7 @@ class DiskStore(InspectionMixin):
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
-        self._direct = DirectLeases(self.segment_dir)  # fenced leases taken past the index cursors
+        self._direct = DirectLeases(self.segment_dir, chunk=DIRECT_CHUNK)  # fenced leases taken past the index cursors
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
