@@ -68,8 +68,19 @@ CREATE TABLE IF NOT EXISTS completions (
 );
 """
 _CHECKPOINT_EVERY = 1.0  # seconds between background PASSIVE checkpoints of a file database
-_INSERT_EVENT = ("INSERT INTO events(rowid, event_id, run_id, seq, agent_id, type, body, batch_id, received_at)"
-                 " VALUES (?,?,?,?,?,?,?,?,?)")
+_INSERT_EVENTS = "INSERT INTO events(rowid, event_id, run_id, seq, agent_id, type, body, batch_id, received_at) VALUES "
+_ROW_MARKS = "(?,?,?,?,?,?,?,?,?)"
+_ROW_PARAMETERS = 9
+_ROWS_PER_INSERT = 1000  # one multi-row INSERT per 1000 events: ~25% cheaper than executemany, 9000 parameters
+_insert_sql: dict[int, str] = {}  # rows -> multi-row INSERT statement
+
+
+def _insert_statement(rows: int) -> str:
+    """The multi-row INSERT of ``rows`` events (cached per row count)."""
+    sql = _insert_sql.get(rows)
+    if sql is None:
+        sql = _insert_sql[rows] = _INSERT_EVENTS + ",".join([_ROW_MARKS] * rows)
+    return sql
 
 
 class IncomingEvent(NamedTuple):
@@ -183,7 +194,7 @@ class CollectorStorage:
                 self._catch_up()  # other processes on the same file may have appended
                 held = self._rowids
                 fresh: dict[str, int] = {}
-                rows = []
+                parameters: list = []
                 duplicate_flags = []
                 duplicate_rowids = []
                 next_rowid = self._last_rowid + 1
@@ -192,14 +203,16 @@ class CollectorStorage:
                     rowid = held.get(event_id) or fresh.get(event_id)
                     if rowid is None:
                         fresh[event_id] = next_rowid
-                        rows.append((next_rowid, *event, batch_id, at))
+                        parameters += (next_rowid, *event, batch_id, at)
                         next_rowid += 1
                         duplicate_flags.append(False)
                     else:  # held already, or an earlier copy in this batch
                         duplicate_rowids.append(rowid)
                         duplicate_flags.append(True)
-                if rows:
-                    conn.executemany(_INSERT_EVENT, rows)
+                step = _ROWS_PER_INSERT * _ROW_PARAMETERS
+                for start in range(0, len(parameters), step):
+                    chunk = parameters[start:start + step]
+                    conn.execute(_insert_statement(len(chunk) // _ROW_PARAMETERS), chunk)
                 if duplicate_rowids:
                     conn.executemany("UPDATE events SET receipts = receipts + 1 WHERE rowid = ?",
                                      [(rowid,) for rowid in duplicate_rowids])
