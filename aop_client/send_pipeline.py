@@ -59,12 +59,20 @@ class SendPool:
         return bool(self._running)
 
     def submit(self, batch: list, prepared: Any, *args: Any) -> None:
-        """Start sending ``batch`` (waits for a free thread first); re-raises an earlier send's error."""
+        """Start sending ``batch`` (waits for a free thread first); re-raises an earlier send's error.
+
+        Returns once the send thread runs: the caller's next CPU-bound step (a
+        lease) would otherwise hold the GIL for up to a switch interval (5 ms)
+        before the POST even starts.
+        """
         self._reap(block=len(self._running) >= self._limit)
         ticket, self._tickets = self._tickets, self._tickets + 1
-        self._running.append(self._pool.submit(self._run, batch, prepared, ticket, args))
+        started = threading.Event()
+        self._running.append(self._pool.submit(self._run, batch, prepared, ticket, args, started))
+        started.wait()
 
-    def _run(self, batch: list, prepared: Any, ticket: int, args: tuple) -> None:
+    def _run(self, batch: list, prepared: Any, ticket: int, args: tuple, started: threading.Event) -> None:
+        started.set()
         try:
             self._send(batch, prepared, ticket, self._order, *args)
         finally:
