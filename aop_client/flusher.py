@@ -381,9 +381,7 @@ class Flusher:
         queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(first[0], list(events))]
         while queue:
             attempt, batch = queue.pop(0)
-            by_id: dict[str, list[StoredEvent]] = defaultdict(list)
-            for event in batch:
-                by_id[event.event_id].append(event)
+            by_id = _BatchEvents(batch)
             ready = first[2] if attempt is first[0] else None
             body = first[1] if ready is not None else build_batch_body(attempt.batch_id, [e.body for e in batch])
             failed_here = False
@@ -406,7 +404,7 @@ class Flusher:
                 if step.halves:
                     self._count("split")
                     queue[:0] = [(self._new_attempt(part), part)
-                                 for part in ([e for i in half for e in by_id[i]] for half in step.halves)]
+                                 for part in (by_id.of(half) for half in step.halves)]
                 if step.retry is None:
                     break
                 attempt, failed_here = step.retry, True
@@ -420,12 +418,12 @@ class Flusher:
         # uuid4 reads os.urandom: forked processes never share batch ids (a seeded rng would).
         return BatchAttempt(batch_id=str(uuid.uuid4()), event_ids=ids, failures=failures)
 
-    def _apply(self, step: Step, by_id: dict[str, list[StoredEvent]], attempt: BatchAttempt, duplicates: int,
+    def _apply(self, step: Step, by_id: "_BatchEvents", attempt: BatchAttempt, duplicates: int,
                epoch: Optional[int]) -> None:
         if epoch is None:
             raise FencedError("flusher has no epoch: not elected")
         if step.ack:
-            acked = [e for i in step.ack for e in by_id[i]]
+            acked = by_id.of(step.ack)
             self.store.ack([e.ref for e in acked], epoch=epoch)
             self._count("delivered", len(step.ack))
             self._count("duplicates", duplicates)
@@ -434,14 +432,14 @@ class Flusher:
         if step.dead:
             reasons: dict[str, list[StoredEvent]] = defaultdict(list)
             for event_id, reason in step.dead:
-                reasons[reason].extend(by_id[event_id])
+                reasons[reason].extend(by_id.of((event_id,)))
             for reason, events in reasons.items():
                 self.store.dead_letter([e.ref for e in events], reason, epoch=epoch)
                 self._run_post_hooks(events, False)
             self._count("dead_letters", len(step.dead))
             self._note_error(f"dead-lettered {len(step.dead)} event(s): {step.reason or step.dead[0][1]}")
         if step.fallback:
-            parked = [e for i in step.fallback for e in by_id[i]]
+            parked = by_id.of(step.fallback)
             self.store.fallback([e.ref for e in parked], epoch=epoch)
             self._count("fallback", len(step.fallback))
             self._note_error(f"batch {attempt.batch_id} failed {attempt.failures + 1} time(s), parked: {step.reason}")
@@ -532,3 +530,23 @@ class Flusher:
                     self.on_error(exc)
                 except Exception:
                     log.exception("aop_client flusher on_error callback raised")
+
+
+class _BatchEvents:
+    """The events of one batch, found by event_id; a step naming every event costs no lookup at all."""
+
+    __slots__ = ("events", "_by_id")
+
+    def __init__(self, events: list[StoredEvent]) -> None:
+        self.events = events
+        self._by_id: Optional[dict[str, list[StoredEvent]]] = None
+
+    def of(self, ids: Sequence[str]) -> list[StoredEvent]:
+        """The events carrying ``ids`` (ids of this batch); every event when ``ids`` names them all."""
+        if len(ids) == len(self.events) and len(set(ids)) == len(ids):  # as many distinct batch ids as events: all
+            return self.events
+        if self._by_id is None:
+            self._by_id = defaultdict(list)
+            for event in self.events:
+                self._by_id[event.event_id].append(event)
+        return [e for i in ids for e in self._by_id.get(i, ())]
