@@ -11,13 +11,15 @@ from typing import Callable, Iterator
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aop_client._version import __version__
 from aop_client.core.outcome import Delivered, Retry, classify
 from aop_client.errors import ConfigError
 from aop_client.signing import verify_request
 from aop_client.testing import wait_until
-from aop_client.transport import BATCH_PATH, HttpTransport
+from aop_client.transport import BATCH_PATH, HttpTransport, _gzip_packer
 
 API_KEY = "aop_test_key_123"
 SALT = "org-salt-xyz"
@@ -322,3 +324,11 @@ def test_forked_child_uses_its_own_connection(server: FakeServer) -> None:
             os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(reaped[1]) == 0
     assert [r["headers"]["Idempotency-Key"] for r in server.requests] == ["parent", "child"]
+
+
+@given(body=st.binary(max_size=20_000), level=st.integers(0, 9))
+@settings(max_examples=60, deadline=None)
+def test_every_gzip_level_writes_standard_gzip(body: bytes, level: int) -> None:
+    """Whatever compressor a level picks (ISA-L for 1-3, zlib otherwise), the stdlib gunzips it back."""
+    packer = _gzip_packer(level)
+    assert gzip.decompress(packer.compress(body) + packer.flush()) == body
