@@ -23,12 +23,9 @@ integer range and floats, and picks an encoder:
 * ``_SLOW`` - subclasses of the JSON types and anything else: the reference
   ``rfc8785.dumps`` itself, which is also used whenever orjson refuses a value.
 
-:func:`canonical_json_of_parsed` is the verifier's variant for values fresh from
-``orjson.loads``: it skips the Python walk, encodes with orjson at once and
-searches the output bytes (C-speed literal searches) for every token orjson may
-write differently from RFC 8785 (integral floats ``1.0``, exponent forms
-``1e-7``/``1e+16``, keys needing UTF-16 order, too deep nesting); only then does
-it fall back to :func:`canonical_json`.
+:func:`canonical_json_of_parsed`, for values fresh from ``orjson.loads``, skips
+the walk: orjson encodes at once, and byte searches of the output for every token
+orjson may write differently from RFC 8785 send the rare value they hit back here.
 
 When a value is refused, a thorough second walk (:func:`_locate_invalid`) finds the
 offending node and names its path.
@@ -373,14 +370,12 @@ def canonical_json(value: Any) -> bytes:
     return encoded
 
 
-# Everything orjson would write for a parsed value but canonical_json may not: subclasses,
-# datetimes and dataclasses raise (TypeError) instead of being encoded, as do ints beyond 2**53.
+# Subclasses, datetimes, dataclasses and ints beyond 2**53 make orjson raise instead of encoding.
 _PARSED_OPTIONS = (_ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
                    | orjson.OPT_PASSTHROUGH_DATACLASS)
-# orjson writes every float as digits "." digits, or with "e+"/"e-" and an exponent; the tokens
-# that differ from ECMAScript are integral floats (1.0, -0.0) and exponent forms (1e+16, 1e-7).
-# Literal prefixes keep these searches at C speed; a string that happens to match merely
-# sends the value down the slow path.
+# orjson writes a float as digits "." digits, or with "e+"/"e-"; the forms ECMAScript writes otherwise
+# are integral floats (1.0, -0.0) and exponent forms (1e+16, 1e-7). Literal prefixes keep the searches
+# at C speed; a string that merely looks like such a token only costs the slow path.
 _INTEGRAL_FLOAT = re.compile(rb"\.0[,\]}]")
 _NEGATIVE_EXPONENT = re.compile(rb"e-[0-9]+[,\]}]")
 _POSITIVE_EXPONENT = re.compile(rb"e\+[0-9]+[,\]}]")
