@@ -376,9 +376,12 @@ _PARSED_OPTIONS = (_ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OP
 # orjson writes a float as digits "." digits, or with "e+"/"e-"; the forms ECMAScript writes otherwise
 # are integral floats (1.0, -0.0) and exponent forms (1e+16, 1e-7). Literal prefixes keep the searches
 # at C speed; a string that merely looks like such a token only costs the slow path.
+# One translate pass serves three checks: it deletes the brackets (their count bounds the depth)
+# and turns "+" into "-", so one search finds both exponent signs. Neither change can hide a
+# token (numbers hold no brackets); at worst it makes a string look like one.
 _INTEGRAL_FLOAT = re.compile(rb"\.0[,\]}]")
-_NEGATIVE_EXPONENT = re.compile(rb"e-[0-9]+[,\]}]")
-_POSITIVE_EXPONENT = re.compile(rb"e\+[0-9]+[,\]}]")
+_EXPONENT = re.compile(rb"e-[0-9]+[,\]}]")
+_PLUS_AS_MINUS = bytes.maketrans(b"+", b"-")
 _BRACKETS = b"[{"
 
 
@@ -396,12 +399,12 @@ def canonical_json_of_parsed(value: Any) -> bytes:
             encoded = _dumps(value, option=_PARSED_OPTIONS)
         except TypeError:  # big int, lone surrogate, non-str key, subclass, too deep for orjson
             return canonical_json(value)
+        reduced = encoded.translate(_PLUS_AS_MINUS, _BRACKETS)
         if (
-            _INTEGRAL_FLOAT.search(encoded) is None
-            and _NEGATIVE_EXPONENT.search(encoded) is None
-            and _POSITIVE_EXPONENT.search(encoded) is None
+            len(encoded) - len(reduced) <= MAX_DEPTH
+            and _INTEGRAL_FLOAT.search(reduced) is None
+            and _EXPONENT.search(reduced) is None
             and (encoded.isascii() or _HIGH_UTF8.search(encoded) is None)
-            and len(encoded) - len(encoded.translate(None, _BRACKETS)) <= MAX_DEPTH
         ):
             return encoded
     return canonical_json(value)

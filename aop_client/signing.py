@@ -162,7 +162,7 @@ def _with_sig(canonical: bytes, sig: str) -> bytes:
     """The canonical object bytes with ``"sig"`` spliced in as the last member."""
     if len(canonical) == 2:  # b"{}"
         return b'{"sig":"' + sig.encode() + b'"}'
-    return canonical[:-1] + b',"sig":"' + sig.encode() + b'"}'
+    return b"".join((canonical[:-1], b',"sig":"', sig.encode(), b'"}'))
 
 
 def verify_event(event: Mapping, key: str | bytes) -> None:
