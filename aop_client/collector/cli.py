@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 from typing import Optional, Sequence
@@ -17,7 +18,7 @@ from ..errors import ConfigError
 from .config import CollectorConfig
 from .faults import FaultConfig
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "tune_gc_for_batches"]
 
 _FAULT_FLAGS = {
     "fault_rate_500": "rate_500", "fault_rate_503": "rate_503", "fault_rate_429": "rate_429",
@@ -75,6 +76,18 @@ def config_from_args(args: argparse.Namespace, environ: Optional[dict] = None) -
     )
 
 
+def tune_gc_for_batches() -> None:
+    """Freeze the startup heap and widen the young generation (the collector process owns its interpreter).
+
+    A 500-event batch is parsed into a few thousand dicts and lists that all stay
+    alive until the batch is stored; with the default threshold (700) they are
+    promoted through every generation and trigger full collections of the whole
+    heap, about 2 us per event of collector CPU. Garbage is still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, serve until SIGINT/SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -85,5 +98,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from .runner import run
 
+    tune_gc_for_batches()
     run(config)
     return 0
