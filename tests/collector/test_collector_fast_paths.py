@@ -177,3 +177,14 @@ def test_event_verdict_accepts_a_typical_signed_event_and_names_each_bad_field()
         assert stored is None and reason.startswith(field)
     reason, _ = event_verdict(dict(received, payload={"goal": "h", "steps": [{"confidence": 0.95}]}), KEY)
     assert reason == "sig: signature mismatch: 'sig' does not match the event content"
+
+
+def test_collector_process_gc_tuning_freezes_the_heap_and_widens_generation_0():
+    """tune_gc_for_batches (run by the collector's own process) moves startup objects out of collection."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from aop_client.collector.cli import tune_gc_for_batches; tune_gc_for_batches(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000, gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["50000", "True", "True"]
