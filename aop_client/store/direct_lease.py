@@ -36,7 +36,7 @@ from .ingest import DEFAULT_CHUNK, index_rows, insert_rows, scan_pass
 class _Group:
     """One direct lease: its records (oldest first) and the refs -lo .. -(lo + n - 1)."""
 
-    __slots__ = ("lo", "taken", "until", "first", "ends")
+    __slots__ = ("lo", "taken", "until", "first", "ends", "contiguous")
 
     def __init__(self, lo: int, taken: list, until: float) -> None:
         self.lo = lo
@@ -44,14 +44,15 @@ class _Group:
         self.taken = taken  # (ord_ns, segment id, Record, body)
         self.first: dict[int, int] = {}  # segment id -> offset of the group's first record there
         self.ends: dict[int, int] = {}  # segment id -> end of the group's last record there
-        sid, last = taken[-1][1], taken[-1][2]
-        if taken[0][1] == sid and all(item[1] == sid for item in taken):  # the common case: one segment
-            self.first[sid] = taken[0][2].offset
-            self.ends[sid] = last.offset + last.length
-            return
+        self.contiguous = True  # in every segment, each record starts where the one before it ended
+        first, ends = self.first, self.ends
         for _, sid, record, _body in taken:
-            self.first.setdefault(sid, record.offset)
-            self.ends[sid] = record.offset + record.length
+            end = ends.get(sid)
+            if end is None:
+                first[sid] = record.offset
+            elif record.offset != end:
+                self.contiguous = False
+            ends[sid] = record.offset + record.length
 
 
 class DirectLeases:
@@ -167,6 +168,8 @@ class DirectLeases:
             k += 1
         if covered != n or -max(refs) != lo or -min(refs) != lo + n - 1 or len(set(refs)) != n:
             return False
+        if not all(group.contiguous for group in groups[:k]):
+            return False  # a cursor may only move over a gapless run of records
         cursors = self._cursors(conn)
         durable = dict(self._durable)
         for group in groups[:k]:
@@ -201,9 +204,9 @@ class DirectLeases:
         for sid, items in per_seg.items():
             if sid not in cursors:
                 continue  # the segment was settled and reclaimed by others: nothing of it is left to move
-            cursor = cursors[sid]
+            cursor = end = cursors[sid]
             fresh = []
-            for ref, item, until in items:
+            for ref, item, until in sorted(items, key=lambda entry: entry[1][2].offset):
                 record = item[2]
                 if record.offset < cursor:  # indexed by another process meanwhile: find its row
                     row = conn.execute(
@@ -212,16 +215,16 @@ class DirectLeases:
                     ).fetchone()
                     if row is not None:
                         self.ref_rows[ref] = row[0]
-                else:
+                elif record.offset == end:  # the gapless run from the cursor: safe to move it over
                     fresh.append((ref, item, until))
-            if fresh and fresh[0][1][2].offset == cursor:  # contiguous from the cursor: safe to move it
+                    end = record.offset + record.length
+                # else: a gap before it (a record not leased yet): it stays past the cursor, pending for ingest
+            if fresh:
                 inserts.extend(fresh)
-                last = fresh[-1][1][2]
                 conn.execute(
                     "UPDATE segments SET cursor = ?, live = live + ?, indexed_total = indexed_total + ? WHERE id = ?",
-                    (last.offset + last.length, len(fresh), len(fresh), sid),
+                    (end, len(fresh), len(fresh), sid),
                 )
-            # else: a gap before them (the index was rebuilt?): leave them past the cursor, pending for ingest
         if inserts:
             before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             rows = [row for _, item, until in inserts for row in index_rows([item], state.IN_FLIGHT, (until,))]

@@ -11,8 +11,10 @@ holds the segment (a record in progress) and quarantined once it is sealed.
 
 from __future__ import annotations
 
+import heapq
 import os
 import sqlite3
+from operator import itemgetter
 from typing import NamedTuple, Sequence
 from zlib import crc32 as crc
 
@@ -22,6 +24,7 @@ from .segments import is_sealed, list_segments, read_at
 
 DEFAULT_CHUNK = 1 << 20
 QUARANTINE_COPY_LIMIT = 1 << 20
+_ORDER_KEY = itemgetter(0)  # a scanned record's order key
 _INSERT_CHUNK = 900  # rows per multi-row INSERT (<= 12 parameters each, under SQLite's 32766)
 
 
@@ -141,11 +144,13 @@ def scan_pass(
                 if bound is None or last < bound:
                     bound = last
     watermark = min(partial_ords) if partial_ords else None
-    taken: list = []
+    per_segment: list[list] = []  # each segment's records in file order
     damage: list = []
     cursors = []
     more = False
     for sid, name, path, cursor, size, buf, res, at_eof in reads:
+        taken: list = []
+        per_segment.append(taken)
         new_cursor = cursor
         stopped = False
         damage_end = -1  # end of the last damaged range (a torn tail right after it is the same damage)
@@ -168,8 +173,13 @@ def scan_pass(
             more = True
         if new_cursor != cursor:
             cursors.append((new_cursor, sid))
-    if len(reads) > 1:  # one segment's records are already in append order
-        taken.sort(key=lambda t: (t[0], t[1], t[2].offset))
+    runs = [run for run in per_segment if run]
+    if len(runs) > 1:
+        # Merge by order key, never reordering one segment's records: threads of one process take
+        # their keys before they take the segment's lock, so keys may step back within a file.
+        taken = list(heapq.merge(*runs, key=_ORDER_KEY))
+    else:
+        taken = runs[0] if runs else []
     return Scan(taken, cursors, damage, more and bool(cursors))
 
 

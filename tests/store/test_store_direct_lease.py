@@ -145,3 +145,48 @@ DirectLeaseMachine.TestCase.settings = settings(
     max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, print_blob=True
 )
 TestDirectLeaseMachine = DirectLeaseMachine.TestCase
+
+
+def _keys_stepping_back(monkeypatch, path) -> None:
+    """One segment holding A, B, C in file order with order keys 100, 300, 200, and X (150) in another.
+
+    Threads of one process take their order keys before the segment lock, so a
+    key can step back within one file; a second process writes its own segment.
+    """
+    from aop_client.store import disk_store
+
+    keys = iter([100, 300, 200, 150])
+    monkeypatch.setattr(disk_store, "next_ord", lambda: next(keys))
+    first, second = _store(path, retention_seconds=0), _store(path, retention_seconds=0)
+    for event_id, seq in (("A", 1), ("B", 2), ("C", 3)):
+        assert first.append(event_id, "run-1", seq, b"{}").stored
+    assert second.append("X", "run-2", 1, b"{}").stored
+    first.close()
+    second.close()
+
+
+def test_an_acked_direct_lease_never_moves_a_cursor_over_a_record_it_skipped(tmp_path, monkeypatch):
+    """A lease of [A, X, B] (C's key is lower than B's) acked, then the flusher dies: C is still pending."""
+    _keys_stepping_back(monkeypatch, tmp_path)
+    flusher = _store(tmp_path, retention_seconds=0)
+    epoch = flusher.begin_epoch()
+    batch = flusher.lease(3, 10**9, epoch=epoch)
+    assert [e.event_id for e in batch] == ["A", "X", "B"]  # one segment's records stay in file order
+    flusher.ack([e.ref for e in batch], epoch=epoch)
+    successor = _store(tmp_path, retention_seconds=0)
+    epoch = successor.begin_epoch()
+    assert [e.event_id for e in successor.lease(10, 10**9, epoch=epoch)] == ["C"]
+
+
+def test_a_released_direct_lease_leaves_every_record_deliverable(tmp_path, monkeypatch):
+    """The same lease released (a failed POST): draining on delivers all four events, none left pending."""
+    _keys_stepping_back(monkeypatch, tmp_path)
+    flusher = _store(tmp_path, retention_seconds=0)
+    epoch = flusher.begin_epoch()
+    flusher.release([e.ref for e in flusher.lease(3, 10**9, epoch=epoch)], epoch=epoch)
+    delivered = []
+    while batch := flusher.lease(10, 10**9, epoch=epoch):
+        delivered += [e.event_id for e in batch]
+        flusher.ack([e.ref for e in batch], epoch=epoch)
+    assert sorted(delivered) == ["A", "B", "C", "X"]
+    assert (flusher.stats().pending, flusher.stats().in_flight) == (0, 0)
