@@ -57,6 +57,7 @@ __all__ = ["Flusher"]
 log = logging.getLogger("aop_client.flusher")
 
 _EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgetter("attempts"), operator.attrgetter("body")
+_PREPARED_MAX_AGE = 60.0  # seconds a prepared (signed) batch may wait for its POST; servers accept 300
 _POLL = 0.25  # longest wait between store polls while elected and idle
 _ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
@@ -390,6 +391,8 @@ class Flusher:
                     self._release(batch, attempted=failed_here)
                     break
                 self._run_pre_hooks(batch)
+                if ready is not None and self.clock() - ready.signed_at > _PREPARED_MAX_AGE:
+                    ready = None  # waited for a send slot too long: sign afresh, well within the server's tolerance
                 if ready is not None:
                     response, ready = self.transport.post_prepared(ready), None  # type: ignore[attr-defined]
                 else:

@@ -42,7 +42,12 @@ class InOrder:
 
 
 class SendPool:
-    """Runs ``send(batch, prepared, ticket, in_order)`` on up to ``limit`` threads; errors surface in the loop."""
+    """Runs ``send(batch, prepared, ticket, in_order, *args)`` on up to ``limit`` daemon threads; errors surface in the loop.
+
+    Daemon threads, one per batch, rather than a ThreadPoolExecutor: the
+    interpreter joins executor threads at exit before ``atexit`` handlers run,
+    so a send sleeping through a server outage would keep the process alive.
+    """
 
     def __init__(self, send: Callable[..., None], limit: int) -> None:
         self._send = send
@@ -50,7 +55,6 @@ class SendPool:
         self._order = InOrder()
         self._tickets = 0
         self._running: list[concurrent.futures.Future] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=limit, thread_name_prefix="aop-flusher-send")
 
     @property
     def busy(self) -> bool:
@@ -68,15 +72,26 @@ class SendPool:
         self._reap(block=len(self._running) >= self._limit)
         ticket, self._tickets = self._tickets, self._tickets + 1
         started = threading.Event()
-        self._running.append(self._pool.submit(self._run, batch, prepared, ticket, args, started))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        threading.Thread(target=self._run, args=(future, batch, prepared, ticket, args, started),
+                         name="aop-flusher-send", daemon=True).start()
+        self._running.append(future)
         started.wait()
 
-    def _run(self, batch: list, prepared: Any, ticket: int, args: tuple, started: threading.Event) -> None:
+    def _run(self, future: concurrent.futures.Future, batch: list, prepared: Any, ticket: int, args: tuple,
+             started: threading.Event) -> None:
         started.set()
+        error: BaseException | None = None
         try:
             self._send(batch, prepared, ticket, self._order, *args)
+        except BaseException as e:  # handed to the loop through the future
+            error = e
         finally:
             self._order.done(ticket)  # a failed send must not hold the later ones back
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
     def _reap(self, *, block: bool) -> None:
         if block and self._running:
@@ -98,11 +113,10 @@ class SendPool:
             self._reap(block=True)
 
     def close(self) -> None:
-        """Wait for the running sends (they stop on the flusher's stop event) and end the threads; errors are dropped."""
+        """Wait for the running sends (they stop on the flusher's stop event); their errors are dropped."""
         for future in self._running:
             try:
                 future.result()
             except BaseException:  # already reported by the loop, or moot: the flusher is leaving this drain
                 pass
         self._running = []
-        self._pool.shutdown(wait=True)

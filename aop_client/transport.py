@@ -84,6 +84,7 @@ class PreparedBatch:
     batch_id: str
     headers: Mapping[str, str]
     wire: bytes
+    signed_at: float  # the ``now`` of its X-AOP-Signature
 
 
 class HttpTransport:
@@ -154,7 +155,7 @@ class HttpTransport:
         (a fresh signature), never this again.
         """
         headers, wire = self.headers_for(body, now=now, extra={"Idempotency-Key": batch_id})
-        return PreparedBatch(batch_id, headers, wire)
+        return PreparedBatch(batch_id, headers, wire, now)
 
     def post_prepared(self, prepared: PreparedBatch) -> Response:
         """POST a batch made ready by :meth:`prepare_batch`."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
+from pathlib import Path
 
 import pytest
 from test_flusher_fakes import DELIVERED, MemoryStore, SoloElection, event_body, ok_response
@@ -18,7 +20,7 @@ from aop_client.signing import signed_body
 from aop_client.store import DiskStore
 from aop_client.testing import TEST_ORG_SALT_KEY, wait_until
 from aop_client.trace_builder import TraceBuilder
-from aop_client.transport import HttpTransport, Response
+from aop_client.transport import HttpTransport, PreparedBatch, Response
 
 
 class HeldFirstTransport:
@@ -122,3 +124,78 @@ def test_two_batches_on_the_wire_against_a_slow_collector_deliver_everything_onc
     assert collector.stats()["duplicates"] == 0
     assert wait_until(lambda: store.stats().pending == 0 and store.stats().in_flight == 0, timeout=5)
     store.close()
+
+
+_EXIT_SCRIPT = r'''
+import random, sys, threading
+sys.path.insert(0, sys.argv[1])
+from test_flusher_fakes import MemoryStore, SoloElection, event_body
+from aop_client.core.backoff import RetryPolicy
+from aop_client.flusher import Flusher
+from aop_client.transport import Response
+
+posted = threading.Event()
+
+class Down:
+    def post_batch(self, batch_id, body, *, now):
+        posted.set()
+        return Response(status=503, headers={}, body=b"")
+
+store = MemoryStore()
+for i in range(5):
+    event_id, body = event_body(i)
+    store.append(event_id, "run-1", i + 1, body)
+Flusher(store, Down(), SoloElection(), batch_size=10, batch_interval=0.0, max_in_flight=2,
+        retry_policy=RetryPolicy(100, 20.0, 20.0), rng=random.Random(1)).start()
+assert posted.wait(30)
+print("main thread returns", flush=True)
+'''
+
+
+def test_a_process_whose_send_is_backing_off_exits_when_its_main_thread_returns(tmp_path):
+    """Send threads are daemons: a send sleeping through a 20 s backoff does not keep the process alive."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_while_backing_off.py"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "main thread returns" in done.stdout
+
+
+class PreparingTransport:
+    """A pure fake with the prepared-request interface: records which path each POST took."""
+
+    def __init__(self) -> None:
+        self.prepared_posts: list[str] = []
+        self.fresh_posts: list[str] = []
+
+    def prepare_batch(self, batch_id: str, body: bytes, *, now: float) -> PreparedBatch:
+        return PreparedBatch(batch_id, {"Idempotency-Key": batch_id}, body, now)
+
+    def post_prepared(self, prepared: PreparedBatch) -> Response:
+        self.prepared_posts.append(prepared.batch_id)
+        return ok_response(prepared.wire)
+
+    def post_batch(self, batch_id: str, body: bytes, *, now: float) -> Response:
+        self.fresh_posts.append(batch_id)
+        return ok_response(body)
+
+
+@pytest.mark.parametrize("seconds_per_tick, stale", [(0.001, False), (61.0, True)])
+def test_a_prepared_batch_older_than_a_minute_is_signed_afresh(seconds_per_tick, stale):
+    """A batch that waited over 60 s for its send slot is posted with a fresh signature, never the stale one."""
+    store = MemoryStore()
+    for i in range(30):
+        event_id, body = event_body(i)
+        store.append(event_id, "run-1", i + 1, body)
+    ticks = itertools.count()
+    transport = PreparingTransport()
+    flusher = Flusher(store, transport, SoloElection(), batch_size=10, batch_interval=0.0,
+                      clock=lambda: 1_000_000.0 + next(ticks) * seconds_per_tick)
+    assert flusher.flush(timeout=30)
+    assert store.states()[DELIVERED] == 30
+    assert len(transport.prepared_posts + transport.fresh_posts) == 3
+    assert (transport.prepared_posts == []) is stale
