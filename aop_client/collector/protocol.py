@@ -193,7 +193,7 @@ def _well_formed_envelope(event: Any) -> bool:
     return (
         type(event_id) is str and type(run_id) is str and type(t) is str and type(kind) is str
         and type(get("agent_id")) is int and type(seq) is int and type(get("payload")) is dict
-        and 0 < seq <= _MAX_SEQ and kind in EVENT_TYPES
+        and 0 < seq <= _MAX_SEQ and kind in EVENT_TYPES and len(event_id) == 36  # then run_id is 36 too
         and (event_id + run_id).encode("utf-8", "surrogatepass").translate(_HEX_TO_ZERO) == _TWO_UUIDS
         and t.encode("utf-8", "surrogatepass").translate(_DIGIT_TO_ZERO) == _TIMESTAMP_MS
     )

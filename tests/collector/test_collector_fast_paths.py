@@ -177,6 +177,10 @@ def test_event_verdict_accepts_a_typical_signed_event_and_names_each_bad_field()
         assert stored is None and reason.startswith(field)
     reason, _ = event_verdict(dict(received, payload={"goal": "h", "steps": [{"confidence": 0.95}]}), KEY)
     assert reason == "sig: signature mismatch: 'sig' does not match the event content"
+    # ids whose lengths trade a character (35 + 37) still add up to two UUIDs' worth: each is checked alone
+    shifted = dict(received, event_id=received["event_id"][:-1], run_id=received["event_id"][-1] + received["run_id"])
+    reason, stored = event_verdict(shifted, KEY)
+    assert stored is None and reason.startswith("event_id")
 
 
 def test_collector_process_gc_tuning_freezes_the_heap_and_widens_generation_0():
