@@ -88,3 +88,15 @@ def test_parse_batch_rejects_mismatched_idempotency_key() -> None:
         parse_batch(b'{"batch_id": "a", "events": []}', "b")
     assert info.value.status == 400
     assert parse_batch(b'{"batch_id": "a", "events": []}', "a").batch_id == "a"
+
+
+@pytest.mark.parametrize("mangle, reason", [
+    (lambda g: g + b"extra", "trailing data after the gzip stream"),
+    (lambda g: g[:-4], "gzip body is truncated"),
+    (lambda g: g[:10] + bytes([g[10] ^ 0xFF]) + g[11:], "gzip body is corrupt"),
+])
+def test_damaged_gzip_bodies_are_400_naming_the_damage(mangle, reason) -> None:
+    """Trailing bytes, a cut stream and flipped bits each get a 400 whose reason says which."""
+    with pytest.raises(RequestRefused) as info:
+        decode_body(mangle(gzip.compress(b'{"batch_id": "b", "events": []}' * 20)), "gzip", max_decompressed=10_000)
+    assert info.value.status == 400 and info.value.reason.startswith(reason)
