@@ -169,7 +169,10 @@ def check_no_loss(result: dict, collector) -> None:
     assert stats["events"] == len(held)  # each event stored once ...
     assert stats["deliveries"] == stats["events"] + stats["duplicates"]  # ... every resend absorbed by event_id
     assert all(collector.delivery_count(i) >= 1 for i in list(result["emitted"])[:200])
-    assert result["external_kills"] >= KILL_LOOPS // 2 and result["self_kills"]
+    # the chaos really happened: leaders died often, both from outside and mid-send. A leader that kills
+    # itself during the killer's random pause leaves that loop without an external kill, so count both.
+    assert result["external_kills"] + len(result["self_kills"]) >= KILL_LOOPS // 2
+    assert result["external_kills"] >= KILL_LOOPS // 4 and result["self_kills"]
     assert statistics.median(result["takeovers"]) < 1.0  # a live process takes over within a second
     assert len(result["emitted"]) >= 3 * EVENTS_PER_CHILD // 2
 
