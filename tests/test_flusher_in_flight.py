@@ -24,21 +24,17 @@ from aop_client.transport import HttpTransport, PreparedBatch, Response
 
 
 class HeldFirstTransport:
-    """Holds the first POST until released; answers every POST with the protocol's 200."""
+    """Holds the POST of the first batch (the one carrying event 0) until released; answers every POST with 200."""
 
     def __init__(self) -> None:
         self.release_first = threading.Event()
         self.second_arrived = threading.Event()
-        self.calls = 0
-        self.lock = threading.Lock()
+        self.first_event_id = event_body(0)[0]
 
     def post_batch(self, batch_id: str, body: bytes, *, now: float) -> Response:
-        with self.lock:
-            self.calls += 1
-            call = self.calls
-        if call == 1:
+        if self.first_event_id.encode() in body:
             assert self.release_first.wait(30), "the test never released the first POST"
-        elif call == 2:
+        else:
             self.second_arrived.set()
         return ok_response(body)
 
