@@ -152,7 +152,8 @@ class DirectLeases:
         lo = self._next_ref
         self._next_ref += len(picked)
         self._groups.append(_Group(lo, picked, until))
-        return [StoredEvent(-(lo + i), r.event_id, r.run_id, r.seq, body, 0)
+        new = tuple.__new__  # a StoredEvent without the Python-level NamedTuple __new__
+        return [new(StoredEvent, (-(lo + i), r.event_id, r.run_id, r.seq, body, 0))
                 for i, (_, _, r, body) in enumerate(picked)]
 
     def try_ack(self, conn: sqlite3.Connection, refs: Sequence[int], *, done_at: float, retain: bool) -> bool:

@@ -33,7 +33,11 @@ OVERHEAD = HEADER_SIZE + FIXED_SIZE
 #: Hard ceiling on a payload length a reader accepts from a header (64 MiB).
 MAX_PAYLOAD = 64 * 2**20
 
-_crc32 = zlib.crc32
+try:  # ISA-L's CRC-32 is the same function, about 2x faster on a 500-byte payload
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - a platform without an isal wheel
+    _crc32 = zlib.crc32
+_new_tuple = tuple.__new__  # builds a Record without the Python-level NamedTuple __new__ (2.5x cheaper)
 _pack_head = HEADER_HEAD.pack
 _pack_fixed = FIXED.pack
 _pack_u32 = struct.Struct("<I").pack
@@ -138,7 +142,8 @@ def decode_run(buf: bytes, base: int = 0, max_payload: int = MAX_PAYLOAD) -> Dec
                     except UnicodeDecodeError:
                         pass
                     else:
-                        append(Record(base + pos, end - pos, ord_ns, appended_at, seq, event_id, run_id, base + body_off, end - body_off))
+                        append(_new_tuple(Record, (base + pos, end - pos, ord_ns, appended_at, seq, event_id, run_id,
+                                                   base + body_off, end - body_off)))
                         pos = end
                         continue
             append(Damage(base + pos, base + end))
