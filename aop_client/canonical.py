@@ -51,7 +51,7 @@ import rfc8785
 
 from .errors import ValidationError
 
-__all__ = ["canonical_json", "canonical_json_of_parsed", "es6_number", "large_integers_as_doubles", "MAX_SAFE_INTEGER", "MAX_DEPTH"]
+__all__ = ["canonical_json", "canonical_json_of_parsed", "orjson_form_of_parsed", "es6_number", "large_integers_as_doubles", "MAX_SAFE_INTEGER", "MAX_DEPTH"]
 
 #: Largest integer magnitude RFC 8785 (an IEEE 754 double) represents exactly.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -395,16 +395,28 @@ def canonical_json_of_parsed(value: Any) -> bytes:
     """
     kind = type(value)
     if kind is dict or kind is list:
-        try:
-            encoded = _dumps(value, option=_PARSED_OPTIONS)
-        except TypeError:  # big int, lone surrogate, non-str key, subclass, too deep for orjson
-            return canonical_json(value)
-        reduced = encoded.translate(_PLUS_AS_MINUS, _BRACKETS)
-        if (
-            len(encoded) - len(reduced) <= MAX_DEPTH
-            and _INTEGRAL_FLOAT.search(reduced) is None
-            and _EXPONENT.search(reduced) is None
-            and (encoded.isascii() or _HIGH_UTF8.search(encoded) is None)
-        ):
+        encoded = orjson_form_of_parsed(value)
+        if encoded is not None:
             return encoded
     return canonical_json(value)
+
+
+def orjson_form_of_parsed(value: Any) -> bytes | None:
+    """orjson's sorted-keys encoding of a parsed dict or list when it is the RFC 8785 form; else None.
+
+    The fast half of :func:`canonical_json_of_parsed`, for callers with their own
+    slow path (None sends them there): no exception, no fallback encoding.
+    """
+    try:
+        encoded = _dumps(value, option=_PARSED_OPTIONS)
+    except TypeError:  # big int, lone surrogate, non-str key, subclass, too deep for orjson
+        return None
+    reduced = encoded.translate(_PLUS_AS_MINUS, _BRACKETS)
+    if (
+        len(encoded) - len(reduced) <= MAX_DEPTH
+        and _INTEGRAL_FLOAT.search(reduced) is None
+        and _EXPONENT.search(reduced) is None
+        and (encoded.isascii() or _HIGH_UTF8.search(encoded) is None)
+    ):
+        return encoded
+    return None

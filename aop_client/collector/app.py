@@ -43,7 +43,7 @@ from .protocol import (
     check_request_signature,
     decode_body,
     event_refusal,
-    event_verdict,
+    judge_events,
     missing_seqs,
     parse_batch,
     parse_completion,
@@ -131,18 +131,7 @@ def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], s
     config = state.config
     body = _verified_body(state, raw, encoding, signature, now)
     batch = parse_batch(body, request.headers.get("Idempotency-Key"))
-    rejected = []
-    incoming = []
-    key = config.org_salt_key
-    for index, event in enumerate(batch.events):
-        reason, body = event_verdict(event, key)
-        if reason is not None:
-            event_id = event.get("event_id") if isinstance(event, dict) else None
-            rejected.append({"event_id": event_id if isinstance(event_id, str) else None,
-                             "reason": f"events[{index}]: {reason}"})
-            continue
-        # A plain tuple in IncomingEvent's field order (half the cost of building the NamedTuple)
-        incoming.append((event["event_id"], event["run_id"], event["seq"], event["agent_id"], event["type"], body))
+    incoming, rejected = judge_events(batch.events, config.org_salt_key)
     duplicate_flags = state.storage.insert_batch(batch.batch_id, incoming, now=now)
     duplicates = sum(duplicate_flags)
     accepted = len(incoming) - duplicates

@@ -1,4 +1,8 @@
-"""The collector's fast paths agree with the general code: verify_parsed_event with verify_event, event_verdict with event_refusal."""
+"""The collector's fast paths agree with the general code.
+
+verify_parsed_event with verify_event, verified_bodies with verify_parsed_event,
+event_verdict with event_refusal, judge_events with event_verdict.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from aop_client.collector.protocol import event_refusal, event_verdict
+from aop_client.collector.protocol import event_refusal, event_verdict, judge_events
 from aop_client.errors import SignatureError
-from aop_client.signing import signed_body, verify_event, verify_parsed_event
+from aop_client.signing import signed_body, verified_bodies, verify_event, verify_parsed_event
 
 SOAK = os.environ.get("AOP_SOAK") == "1"
 PROPS = settings(max_examples=2_000 if SOAK else 150, deadline=None,
@@ -162,6 +166,74 @@ def test_event_verdict_agrees_with_event_refusal(event, salted, sig, sign):
         assert orjson.loads(body) == event
     else:
         assert body is None and reason
+
+
+def _batch_item(draw_event, salted: bool, sig, sign: bool):
+    """One event of a batch as the collector parses it: signed, given a stray sig, or left alone."""
+    event = parsed(draw_event)
+    if isinstance(event, dict):
+        if sign and signable(event):
+            event = signed_and_parsed(event)[0] if salted else event
+        elif sig is not None:
+            event["sig"] = sig
+    return event
+
+
+BATCH_ITEMS = st.lists(st.tuples(st.one_of(EVENTS, VALUES), st.one_of(st.none(), SIGNATURES), st.booleans()),
+                       max_size=6)
+
+
+@PROPS
+@given(BATCH_ITEMS)
+def test_verified_bodies_decides_only_what_verify_parsed_event_accepts(items):
+    """Property: a body from verified_bodies is verify_parsed_event's; events come back unchanged, sig last."""
+    events = [_batch_item(event, True, sig, sign) for event, sig, sign in items]
+    before = [orjson.dumps(e) if not isinstance(e, dict) else dict(e) for e in events]
+    bodies = verified_bodies(events, KEY)
+    assert len(bodies) == len(events)
+    for event, earlier, body in zip(events, before, bodies):
+        if isinstance(event, dict):
+            assert event == earlier
+            if "sig" in event:
+                assert list(event)[-1] == "sig"
+        if body is not None:
+            assert verify_parsed_event(event, KEY) == body
+
+
+def test_verified_bodies_takes_the_common_case_and_leaves_the_rest_undecided():
+    """A well-signed event gets its client bytes; bad, missing or odd signatures get None, never an exception."""
+    event = {"event_id": "0b7ac4d4-6f50-4f52-8f0f-5b0e6c6c0a11", "run_id": "1b7ac4d4-6f50-4f52-8f0f-5b0e6c6c0a11",
+             "agent_id": 7, "seq": 3, "t": "2025-12-05T10:00:00.000Z", "type": "reasoning",
+             "payload": {"goal": "g", "steps": [{"confidence": 0.95}]}}
+    good, body = signed_and_parsed(event)
+    tampered = dict(good, seq=4)
+    unsigned = dict(event)
+    none_sig = dict(event, sig=None)
+    upper = dict(good, sig=good["sig"].upper().replace("V1=", "v1="))
+    tiny = signed_and_parsed(dict(event, payload={"n": 1e-7}))[0]  # an exponent: the general path decides
+    assert verified_bodies([good, tampered, unsigned, none_sig, upper, tiny, ["x"], 5], KEY) == [
+        body, None, None, None, None, None, None, None]
+    assert none_sig == dict(event, sig=None) and unsigned == event
+    assert verify_parsed_event(tiny, KEY)  # ... and accepts it
+
+
+@PROPS
+@given(BATCH_ITEMS, st.booleans())
+def test_judge_events_agrees_with_event_verdict(items, salted):
+    """Property: judge_events accepts and rejects exactly as event_verdict does, event by event, in order."""
+    key = KEY if salted else None
+    events = [_batch_item(event, salted, sig, sign) for event, sig, sign in items]
+    expected_accepted, expected_rejected = [], []
+    for index, event in enumerate(events):
+        reason, body = event_verdict(event, key)
+        if reason is None:
+            expected_accepted.append((event["event_id"], event["run_id"], event["seq"], event["agent_id"],
+                                      event["type"], body))
+        else:
+            event_id = event.get("event_id") if isinstance(event, dict) else None
+            expected_rejected.append({"event_id": event_id if isinstance(event_id, str) else None,
+                                      "reason": f"events[{index}]: {reason}"})
+    assert judge_events(events, key) == (expected_accepted, expected_rejected)
 
 
 def test_event_verdict_accepts_a_typical_signed_event_and_names_each_bad_field():
