@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import orjson
@@ -69,17 +70,26 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 _CHECKPOINT_EVERY = 1.0  # seconds between background PASSIVE checkpoints of a file database
 _INSERT_EVENTS = "INSERT INTO events(rowid, event_id, run_id, seq, agent_id, type, body, batch_id, received_at) VALUES "
-_ROW_MARKS = "(?,?,?,?,?,?,?,?,?)"
-_ROW_PARAMETERS = 9
-_ROWS_PER_INSERT = 1000  # one multi-row INSERT per 1000 events: ~25% cheaper than executemany, 9000 parameters
+_FIELDS = 6  # an IncomingEvent's fields, bound per row; batch_id, at and the first rowid are bound once (?1-?3)
+_ROWS_PER_INSERT = 1000  # one multi-row INSERT per 1000 events: ~25% cheaper than executemany, 6003 parameters
 _insert_sql: dict[int, str] = {}  # rows -> multi-row INSERT statement
 
 
 def _insert_statement(rows: int) -> str:
-    """The multi-row INSERT of ``rows`` events (cached per row count)."""
+    """The multi-row INSERT of ``rows`` fresh events (cached per row count).
+
+    Parameters: ``batch_id, at, first rowid``, then every event's fields in a
+    row; row ``j`` gets rowid ``?3 + j``, so the parameters are one flat,
+    C-built sequence and nothing is bound twice.
+    """
     sql = _insert_sql.get(rows)
     if sql is None:
-        sql = _insert_sql[rows] = _INSERT_EVENTS + ",".join([_ROW_MARKS] * rows)
+        marks = []
+        for row in range(rows):
+            first = 4 + row * _FIELDS
+            fields = ",".join(f"?{n}" for n in range(first, first + _FIELDS))
+            marks.append(f"(?3+{row},{fields},?1,?2)")
+        sql = _insert_sql[rows] = _INSERT_EVENTS + ",".join(marks)
     return sql
 
 
@@ -193,26 +203,19 @@ class CollectorStorage:
             try:
                 self._catch_up()  # other processes on the same file may have appended
                 held = self._rowids
-                fresh: dict[str, int] = {}
-                parameters: list = []
-                duplicate_flags = []
-                duplicate_rowids = []
-                next_rowid = self._last_rowid + 1
-                for event in events:
-                    event_id = event[0]
-                    rowid = held.get(event_id) or fresh.get(event_id)
-                    if rowid is None:
-                        fresh[event_id] = next_rowid
-                        parameters += (next_rowid, *event, batch_id, at)
-                        next_rowid += 1
-                        duplicate_flags.append(False)
-                    else:  # held already, or an earlier copy in this batch
-                        duplicate_rowids.append(rowid)
-                        duplicate_flags.append(True)
-                step = _ROWS_PER_INSERT * _ROW_PARAMETERS
-                for start in range(0, len(parameters), step):
-                    chunk = parameters[start:start + step]
-                    conn.execute(_insert_statement(len(chunk) // _ROW_PARAMETERS), chunk)
+                first_rowid = self._last_rowid + 1
+                ids = [event[0] for event in events]
+                if held.keys().isdisjoint(ids) and len(set(ids)) == len(ids):  # the common case: all fresh
+                    fresh_events = events
+                    duplicate_flags = [False] * len(events)
+                    duplicate_rowids: list[int] = []
+                else:
+                    fresh_events, duplicate_flags, duplicate_rowids = self._split_duplicates(events, first_rowid)
+                fresh = dict(zip([event[0] for event in fresh_events], range(first_rowid, first_rowid + len(fresh_events))))
+                for start in range(0, len(fresh_events), _ROWS_PER_INSERT):
+                    chunk = fresh_events[start:start + _ROWS_PER_INSERT]
+                    conn.execute(_insert_statement(len(chunk)),
+                                 [batch_id, at, first_rowid + start, *chain.from_iterable(chunk)])
                 if duplicate_rowids:
                     conn.executemany("UPDATE events SET receipts = receipts + 1 WHERE rowid = ?",
                                      [(rowid,) for rowid in duplicate_rowids])
@@ -223,8 +226,27 @@ class CollectorStorage:
                 conn.execute("ROLLBACK")
                 raise
             held.update(fresh)
-            self._last_rowid = next_rowid - 1
+            self._last_rowid = first_rowid + len(fresh_events) - 1
         return duplicate_flags
+
+    def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list, list[bool], list[int]]:
+        """(fresh events, duplicate flag per event, rowid of every duplicate arrival) for a batch with repeats."""
+        held = self._rowids
+        fresh: dict[str, int] = {}
+        fresh_events = []
+        flags = []
+        duplicate_rowids = []
+        for event in events:
+            event_id = event[0]
+            rowid = held.get(event_id) or fresh.get(event_id)
+            if rowid is None:
+                fresh[event_id] = first_rowid + len(fresh_events)
+                fresh_events.append(event)
+                flags.append(False)
+            else:  # held already, or an earlier copy in this batch
+                duplicate_rowids.append(rowid)
+                flags.append(True)
+        return fresh_events, flags, duplicate_rowids
 
     def log_request(self, record: RequestRecord, *, now: Optional[float] = None) -> None:
         """Append one line to the request log."""
