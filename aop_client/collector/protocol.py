@@ -36,6 +36,8 @@ __all__ = [
     "event_refusal",
     "event_verdict",
     "judge_events",
+    "judge_batch",
+    "JudgedBatch",
     "parse_completion",
     "missing_seqs",
     "MAX_MISSING_LISTED",
@@ -251,6 +253,23 @@ def judge_events(events: list, org_salt_key: Optional[str]) -> tuple[list[tuple]
                 continue
         accepted.append((event["event_id"], event["run_id"], event["seq"], event["agent_id"], event["type"], body))
     return accepted, rejected
+
+
+@dataclass(frozen=True)
+class JudgedBatch:
+    """A batch body after every event was judged: what to store and what to reject."""
+
+    batch_id: str
+    event_count: int
+    accepted: list  # (event_id, run_id, seq, agent_id, type, body) tuples, batch order
+    rejected: list  # {"event_id", "reason"} items, batch order
+
+
+def judge_batch(body: bytes, idempotency_key: Optional[str], org_salt_key: Optional[str]) -> JudgedBatch:
+    """:func:`parse_batch` then :func:`judge_events`: a decoded batch body judged event by event."""
+    batch = parse_batch(body, idempotency_key)
+    accepted, rejected = judge_events(batch.events, org_salt_key)
+    return JudgedBatch(batch.batch_id, len(batch.events), accepted, rejected)
 
 
 def event_refusal(event: Any, org_salt_key: Optional[str]) -> Optional[str]:

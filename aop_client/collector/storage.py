@@ -46,7 +46,7 @@ import orjson
 
 from ..errors import StoreError
 
-__all__ = ["CollectorStorage", "IncomingEvent", "RequestRecord"]
+__all__ = ["CollectorStorage", "IncomingEvent", "RequestRecord", "StorageBusy"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -93,6 +93,14 @@ def _insert_statement(rows: int) -> str:
     return sql
 
 
+_BUSY_TIMEOUT_MS = 30_000  # how long a waiting write lets another connection finish its write
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (named in the sqlite3 module only from Python 3.11)
+
+
+class StorageBusy(Exception):
+    """A write called with ``wait=False`` would have waited for a lock: nothing was written."""
+
+
 class IncomingEvent(NamedTuple):
     """One accepted-for-storage event of a batch (a tuple: cheap to build and to bind)."""
 
@@ -137,7 +145,7 @@ class CollectorStorage:
             self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             self._conn.executescript(_SCHEMA)
             if db_path is not None:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
@@ -189,17 +197,42 @@ class CollectorStorage:
             last = rowid
         self._last_rowid = last
 
-    def insert_batch(self, batch_id: str, events: Sequence[IncomingEvent], *, now: Optional[float] = None) -> list[bool]:
+    def _lock_for_write(self, wait: bool) -> None:
+        """Take the storage lock; with ``wait=False`` raise StorageBusy instead of waiting for it."""
+        if not self._lock.acquire(blocking=wait):
+            raise StorageBusy("another thread is writing")
+
+    def _begin_immediate(self, wait: bool) -> None:
+        """BEGIN IMMEDIATE (holding the lock); with ``wait=False`` StorageBusy if another connection writes."""
+        conn = self._conn
+        if wait:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", _BUSY_CODES[0]) in _BUSY_CODES:  # 3.10: no code, treat as busy
+                raise StorageBusy("another connection is writing") from None
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+    def insert_batch(self, batch_id: str, events: Sequence[IncomingEvent], *, now: Optional[float] = None,
+                     wait: bool = True) -> list[bool]:
         """Store the events not yet held; record every receipt; returns per event whether it was a duplicate.
 
         ``events`` are IncomingEvents or plain tuples in the same field order.
+        With ``wait=False`` it raises StorageBusy, having written nothing,
+        instead of waiting for another thread's or process's write.
         """
         at = time.time() if now is None else now
         if not events:
             return []
-        with self._lock:
+        self._lock_for_write(wait)
+        try:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate(wait)
             try:
                 self._catch_up()  # other processes on the same file may have appended
                 held = self._rowids
@@ -227,6 +260,8 @@ class CollectorStorage:
                 raise
             held.update(fresh)
             self._last_rowid = first_rowid + len(fresh_events) - 1
+        finally:
+            self._lock.release()
         return duplicate_flags
 
     def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list, list[bool], list[int]]:
@@ -248,18 +283,27 @@ class CollectorStorage:
                 flags.append(True)
         return fresh_events, flags, duplicate_rowids
 
-    def log_request(self, record: RequestRecord, *, now: Optional[float] = None) -> None:
-        """Append one line to the request log."""
+    def log_request(self, record: RequestRecord, *, now: Optional[float] = None, wait: bool = True) -> None:
+        """Append one line to the request log (``wait=False``: StorageBusy rather than wait for a lock)."""
         at = time.time() if now is None else now
         headers = json.dumps(record.aop_headers) if record.aop_headers else None
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO requests(at, path, status, batch_id, events, accepted, duplicates, rejected, fault,"
-                " fault_stage, reason, user_agent, aop_headers) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (at, record.path, record.status, record.batch_id, record.events, record.accepted,
-                 record.duplicates, record.rejected, record.fault, record.fault_stage, record.reason,
-                 record.user_agent, headers),
-            )
+        self._lock_for_write(wait)
+        try:
+            self._begin_immediate(wait)
+            try:
+                self._conn.execute(
+                    "INSERT INTO requests(at, path, status, batch_id, events, accepted, duplicates, rejected, fault,"
+                    " fault_stage, reason, user_agent, aop_headers) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (at, record.path, record.status, record.batch_id, record.events, record.accepted,
+                     record.duplicates, record.rejected, record.fault, record.fault_stage, record.reason,
+                     record.user_agent, headers),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        finally:
+            self._lock.release()
 
     def record_completion(self, run_id: str, agent_id: int, event_count: int, last_seq: int,
                           missing_count: int, *, now: Optional[float] = None) -> None:

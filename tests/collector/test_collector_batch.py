@@ -263,3 +263,57 @@ def test_any_valid_batch_round_trips(aop_collector, payloads: list, gzip_body: b
     status, answer, _ = post_batch(collector, events, gzip_body=gzip_body)
     assert status == 200 and answer == {"accepted": len(events), "duplicates": 0, "rejected": []}
     assert collector.events(run_id) == events
+
+
+def test_a_batch_waiting_for_the_database_lock_never_blocks_the_event_loop(aop_collector) -> None:
+    """Another process holds SQLite's write lock: the batch waits in the pool, health answers meanwhile, then 200."""
+    import http.client
+    import sqlite3
+    from urllib.parse import urlsplit
+
+    from aop_client.testing import wait_until
+
+    def health() -> int:
+        parts = urlsplit(aop_collector.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("GET", "/api/v1/health")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    other = sqlite3.connect(aop_collector.config.db_path, isolation_level=None)
+    run_id, events = make_run(3, aop_collector.org_salt_key)
+    answers: list = []
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        poster = threading.Thread(target=lambda: answers.append(post_batch(aop_collector, events)))
+        poster.start()
+        # The write could not go through on the loop: it was handed to a pool thread, which waits for the lock.
+        wait_until(lambda: any(t.name.startswith("aop-collector_") for t in threading.enumerate()), timeout=30)
+        assert [health() for _ in range(3)] == [200, 200, 200]
+        assert not answers  # nothing is acknowledged before it is stored
+        other.execute("COMMIT")
+        poster.join(30)
+    finally:
+        other.close()
+    status, answer, _ = answers[0]
+    assert (status, answer["accepted"]) == (200, 3)
+    assert {e["event_id"] for e in aop_collector.events(run_id)} == {e["event_id"] for e in events}
+
+
+@pytest.mark.parametrize("limit", ["INLINE_WIRE_BYTES", "INLINE_BODY_BYTES"])
+def test_batches_above_the_inline_limits_are_judged_in_the_pool_with_the_same_answers(aop_collector, monkeypatch,
+                                                                                     limit) -> None:
+    """A batch too big to judge on the loop gets the same verdicts (one bad event rejected, duplicates counted)."""
+    from aop_client.collector import app
+
+    monkeypatch.setattr(app, limit, 64)
+    run_id, events = make_run(5, aop_collector.org_salt_key)
+    events[2] = dict(events[2], seq=99)  # breaks its signature
+    status, answer, _ = post_batch(aop_collector, events, gzip_body=True)
+    assert (status, answer["accepted"], answer["duplicates"]) == (200, 4, 0)
+    assert [r["reason"].split(":")[0] for r in answer["rejected"]] == ["events[2]"]
+    status, answer, _ = post_batch(aop_collector, events[:2], gzip_body=True)
+    assert (status, answer["accepted"], answer["duplicates"]) == (200, 0, 2)
+    assert [e["seq"] for e in aop_collector.events(run_id)] == [1, 2, 4, 5]

@@ -132,3 +132,56 @@ def test_duplicates_within_one_batch_and_failed_batches_leave_the_map_consistent
             assert storage.delivery_count(a) == 2 and storage.events(RUN)[0]["event_id"] in (a, b)
         finally:
             storage.close()
+
+
+def test_a_write_that_must_not_wait_raises_storage_busy_and_writes_nothing() -> None:
+    """wait=False: a write lock held by another connection or thread gives StorageBusy; nothing is stored."""
+    import sqlite3
+    import threading
+
+    from aop_client.collector.storage import RequestRecord, StorageBusy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "c.sqlite3")
+        storage = CollectorStorage(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            first, second = str(uuid.uuid4()), str(uuid.uuid4())
+            other.execute("BEGIN IMMEDIATE")  # another process's write in progress
+            for attempt in (lambda: storage.insert_batch("b1", [incoming(first)], wait=False),
+                            lambda: storage.log_request(RequestRecord(path="/x", status=200), wait=False)):
+                try:
+                    attempt()
+                except StorageBusy:
+                    pass
+                else:
+                    raise AssertionError("a write went through while another connection held the lock")
+            other.execute("COMMIT")
+            assert storage.event_ids() == set() and storage.request_log() == []
+            assert storage.insert_batch("b1", [incoming(first)], wait=False) == [False]  # free again: no wait needed
+            taken, release = threading.Event(), threading.Event()
+
+            def hold_the_lock() -> None:
+                with storage._lock:
+                    taken.set()
+                    release.wait(30)
+
+            holder = threading.Thread(target=hold_the_lock)
+            holder.start()
+            taken.wait(30)
+            try:
+                storage.insert_batch("b2", [incoming(second)], wait=False)
+            except StorageBusy:
+                pass
+            else:
+                raise AssertionError("a write went through while another thread held the storage lock")
+            finally:
+                release.set()
+                holder.join()
+            assert storage.insert_batch("b2", [incoming(second), incoming(first)]) == [False, True]
+            assert storage.event_ids() == {first, second} and storage.delivery_count(first) == 2
+            storage.log_request(RequestRecord(path="/y", status=201), wait=False)
+            assert [(r["path"], r["status"]) for r in storage.request_log()] == [("/y", 201)]
+        finally:
+            other.close()
+            storage.close()
