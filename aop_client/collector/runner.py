@@ -211,7 +211,7 @@ class CollectorProcess(_Queries):
         self.process = popen
         self.pid = popen.pid
         self._temp_dir = temp_dir
-        self.storage = CollectorStorage(config.db_path)
+        self.storage = CollectorStorage(config.db_path, checkpoints=False)  # the child checkpoints its database
 
     def __repr__(self) -> str:
         return f"CollectorProcess(pid={self.pid}, url={self.url!r}, db_path={self.config.db_path!r})"

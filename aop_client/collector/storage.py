@@ -6,7 +6,11 @@ database) run in a background thread every ``_CHECKPOINT_EVERY`` seconds, not
 inside whichever commit crosses SQLite's auto-checkpoint threshold (that
 stalled one commit for 10-25 ms and set the streaming p99): a PASSIVE
 checkpoint beside the writers, then a short one under the write lock so the
-WAL restarts from the top and stays bounded. Writes are serialised by a lock and
+WAL restarts from the top and stays bounded (only once it holds 32 MiB, and
+not while many frames are left). A query handle beside the writing process (``checkpoints=False``, as
+``CollectorProcess`` opens one) leaves checkpoints to that process: two
+checkpointers on one file made the locked pass copy everything, holding the
+write lock for up to a second. Writes are serialised by a lock and
 each batch is one ``BEGIN IMMEDIATE`` transaction, so concurrent batches and
 several processes on the same file dedupe correctly. Query methods are for
 tests and the demo; they may be called from any thread (or process, on the
@@ -69,6 +73,9 @@ CREATE TABLE IF NOT EXISTS completions (
 );
 """
 _CHECKPOINT_EVERY = 1.0  # seconds between background PASSIVE checkpoints of a file database
+_LOCKED_CHECKPOINT_MAX_FRAMES = 512  # the pass under the write lock runs only for this many frames left, or fewer
+_RESTART_WAL_FRAMES = 8192  # ... and only once the WAL holds this many frames (32 MiB of 4 KiB pages)
+_INLINE_LOCK_WAIT = 0.05  # seconds a wait=False write waits for another thread of this process
 _INSERT_EVENTS = "INSERT INTO events(rowid, event_id, run_id, seq, agent_id, type, body, batch_id, received_at) VALUES "
 _FIELDS = 6  # an IncomingEvent's fields, bound per row; batch_id, at and the first rowid are bound once (?1-?3)
 _ROWS_PER_INSERT = 1000  # one multi-row INSERT per 1000 events: ~25% cheaper than executemany, 6003 parameters
@@ -133,7 +140,8 @@ class RequestRecord:
 class CollectorStorage:
     """The collector's SQLite database (thread-safe; several processes may open the same file)."""
 
-    def __init__(self, db_path: Optional[str]) -> None:
+    def __init__(self, db_path: Optional[str], *, checkpoints: bool = True) -> None:
+        """Open (creating) the database; ``checkpoints=False`` for a query handle beside the writing process."""
         self.db_path = db_path
         target = db_path if db_path is not None else ":memory:"
         try:
@@ -161,7 +169,7 @@ class CollectorStorage:
             raise StoreError(f"cannot read collector database {target!r}: {e}") from e
         self._stop_checkpoints = threading.Event()
         self._checkpointer: Optional[threading.Thread] = None
-        if db_path is not None:
+        if db_path is not None and checkpoints:
             self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="aop-collector-checkpoint",
                                                   daemon=True)
             self._checkpointer.start()
@@ -175,9 +183,13 @@ class CollectorStorage:
         try:
             while not self._stop_checkpoints.wait(_CHECKPOINT_EVERY):
                 try:
-                    # The bulk of the copy and its fsync run beside the writers; then, holding the write lock,
-                    # the few frames committed meanwhile, so the next commit can restart the WAL from the top.
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    # The bulk of the copy and its fsync run beside the writers. Once the WAL is long, a second
+                    # pass holding the write lock copies the few frames committed meanwhile, so that the next
+                    # commit restarts the WAL from the top (under steady writes it never would by itself). That
+                    # pass (and its fsync, ~15 ms) is skipped while many frames are left; a later round catches up.
+                    busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if busy or log < _RESTART_WAL_FRAMES or log - done > _LOCKED_CHECKPOINT_MAX_FRAMES:
+                        continue
                     with self._lock:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
@@ -198,8 +210,8 @@ class CollectorStorage:
         self._last_rowid = last
 
     def _lock_for_write(self, wait: bool) -> None:
-        """Take the storage lock; with ``wait=False`` raise StorageBusy instead of waiting for it."""
-        if not self._lock.acquire(blocking=wait):
+        """Take the storage lock; with ``wait=False`` StorageBusy when another thread holds it beyond 50 ms."""
+        if not (self._lock.acquire() if wait else self._lock.acquire(timeout=_INLINE_LOCK_WAIT)):
             raise StorageBusy("another thread is writing")
 
     def _begin_immediate(self, wait: bool) -> None:
@@ -224,7 +236,8 @@ class CollectorStorage:
 
         ``events`` are IncomingEvents or plain tuples in the same field order.
         With ``wait=False`` it raises StorageBusy, having written nothing,
-        instead of waiting for another thread's or process's write.
+        instead of waiting for another process's write or more than 50 ms
+        for another thread's.
         """
         at = time.time() if now is None else now
         if not events:
