@@ -6,7 +6,7 @@ database) run in a background thread every ``_CHECKPOINT_EVERY`` seconds, not
 inside whichever commit crosses SQLite's auto-checkpoint threshold (that
 stalled one commit for 10-25 ms and set the streaming p99): a PASSIVE
 checkpoint beside the writers, then a short one under the write lock so the
-WAL restarts from the top and stays bounded (only once it holds 32 MiB, and
+WAL restarts from the top and stays bounded (only once it holds 256 MiB, and
 not while many frames are left). A query handle beside the writing process (``checkpoints=False``, as
 ``CollectorProcess`` opens one) leaves checkpoints to that process: two
 checkpointers on one file made the locked pass copy everything, holding the
@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 _CHECKPOINT_EVERY = 1.0  # seconds between background PASSIVE checkpoints of a file database
 _LOCKED_CHECKPOINT_MAX_FRAMES = 512  # the pass under the write lock runs only for this many frames left, or fewer
-_RESTART_WAL_FRAMES = 8192  # ... and only once the WAL holds this many frames (32 MiB of 4 KiB pages)
+# ... and only once the WAL holds this many frames (256 MiB of 4 KiB pages): under write load that pass
+# takes 100-200 ms here (its fsync), a stall of the event loop's writes; at 32 MiB it came every 2 s.
+_RESTART_WAL_FRAMES = 65536
 _INLINE_LOCK_WAIT = 0.05  # seconds a wait=False write waits for another thread of this process
 _INSERT_EVENTS = "INSERT INTO events(rowid, event_id, run_id, seq, agent_id, type, body, batch_id, received_at) VALUES "
 _FIELDS = 6  # an IncomingEvent's fields, bound per row; batch_id, at and the first rowid are bound once (?1-?3)
@@ -186,7 +188,7 @@ class CollectorStorage:
                     # The bulk of the copy and its fsync run beside the writers. Once the WAL is long, a second
                     # pass holding the write lock copies the few frames committed meanwhile, so that the next
                     # commit restarts the WAL from the top (under steady writes it never would by itself). That
-                    # pass (and its fsync, ~15 ms) is skipped while many frames are left; a later round catches up.
+                    # pass (and its fsync) is skipped while many frames are left; a later round catches up.
                     busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if busy or log < _RESTART_WAL_FRAMES or log - done > _LOCKED_CHECKPOINT_MAX_FRAMES:
                         continue
