@@ -20,7 +20,7 @@ from zlib import crc32 as crc
 
 from . import state
 from .records import HEADER, HEADER_SIZE, Record, decode_run
-from .segments import file_size, is_sealed, list_segments, read_at, segment_names
+from .segments import is_sealed, list_segments, read_at
 
 DEFAULT_CHUNK = 1 << 20
 QUARANTINE_COPY_LIMIT = 1 << 20
@@ -119,18 +119,17 @@ def scan_pass(
     reads = []
     partial_ords: list[int] = []  # the last order key read from each partially read segment
     bound: int | None = None  # smallest last-read order key among partially read segments
-    for name in segment_names(segment_dir):
+    for name, size in list_segments(segment_dir):
         if name not in known:
             sid = conn.execute("INSERT INTO segments(name) VALUES (?)", (name,)).lastrowid
             known[name] = (sid, 0)
         sid, cursor = known[name]
         cursor = max(cursor, positions.get(sid, 0))
-        if bound is not None and _created_ord(name) > bound:
-            continue  # every record in it is newer than what this pass may take (no stat needed)
-        path = os.path.join(segment_dir, name)
-        size = file_size(path)
-        if size is None or size <= cursor:
+        if size <= cursor:
             continue
+        if bound is not None and _created_ord(name) > bound:
+            continue  # every record in it is newer than what this pass may take
+        path = os.path.join(segment_dir, name)
         try:
             buf, res = _read_chunk(path, cursor, size, chunk, max_payload)
         except FileNotFoundError:

@@ -191,22 +191,6 @@ def list_segments(segment_dir: str) -> list[tuple[str, int]]:
     return out
 
 
-def segment_names(segment_dir: str) -> list[str]:
-    """Names of every segment file, oldest first, without a stat per file (see :func:`list_segments`)."""
-    with os.scandir(segment_dir) as it:
-        names = [entry.name for entry in it if entry.name.endswith(SEGMENT_SUFFIX)]
-    names.sort()
-    return names
-
-
-def file_size(path: str) -> int | None:
-    """The size of a file, or None when it is gone."""
-    try:
-        return os.stat(path, follow_symlinks=False).st_size
-    except FileNotFoundError:
-        return None
-
-
 def is_sealed(path: str) -> bool:
     """True when no writer holds the segment's flock (it will never grow again)."""
     try:
