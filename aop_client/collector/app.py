@@ -27,13 +27,17 @@ it would wait.
   decoded (about 2,000 events) is decoded, judged and stored on the loop:
   a 500-event batch costs ~13 ms of CPU, and handing it to a thread cost more
   than that saved: every chunk the loop read meanwhile, and every SQLite call
-  of the thread, waited for the GIL (the drain ran 15-25% slower). Larger
-  batches are judged in the worker pool, so one huge upload never stalls
-  the loop for long.
+  of the thread, waited for the GIL (the drain ran 15-25% slower). The loop
+  inflates at most ``INLINE_BODY_BYTES``; a body that turns out larger, and
+  every larger batch, is decoded, judged and stored in the worker pool, so
+  one huge upload never stalls the loop for long.
 * SQLite writes are tried on the loop with ``wait=False``: when another
-  thread or process holds the write lock they raise StorageBusy, having
-  written nothing, and run in the worker pool instead, where waiting is
-  harmless. The loop never blocks on a lock.
+  process holds SQLite's write lock, or another thread of this process holds
+  the storage lock for more than 50 ms (the checkpointer's rare locked pass),
+  they raise StorageBusy, having written nothing, and run in the worker pool
+  instead, where waiting is harmless. While such a write is pending in the
+  pool, later writes go straight to the pool too (in order, and without
+  another 50 ms wait each). The loop never waits on a lock longer than that.
 * Run completions (a query, then a write) run in the worker pool.
 * Fault delays are ``asyncio.sleep`` on the loop, never a blocked thread.
 """
@@ -85,14 +89,25 @@ class CollectorState:
     storage: CollectorStorage
     injector: FaultInjector
     executor: concurrent.futures.ThreadPoolExecutor
+    pool_writes: int = 0  # storage writes handed to the pool and not finished (touched on the loop only)
 
     async def write(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """``method(*args, **kwargs)``, a storage write taking ``wait``: now if it need not wait, else in the pool."""
+        if not self.pool_writes:
+            try:
+                return method(*args, wait=False, **kwargs)
+            except StorageBusy:
+                pass
+        return await self.write_in_pool(method, *args, **kwargs)
+
+    async def write_in_pool(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)`` in the worker pool, where it may wait for locks."""
+        self.pool_writes += 1
         try:
-            return method(*args, wait=False, **kwargs)
-        except StorageBusy:
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, functools.partial(method, *args, **kwargs))
+        finally:
+            self.pool_writes -= 1
 
 
 STATE_KEY = web.AppKey("aop_collector_state", CollectorState)
@@ -159,21 +174,36 @@ def _judged_batch(state: CollectorState, raw: bytes, encoding: Optional[str], si
     return judge_batch(body, idempotency_key, state.config.org_salt_key)
 
 
+def _inline_body(state: CollectorState, raw: bytes, encoding: Optional[str]) -> Optional[bytes]:
+    """The decoded body when it is small enough to judge on the loop (inflating no more than that), else None."""
+    if len(raw) > INLINE_WIRE_BYTES:
+        return None
+    limit = state.config.max_decompressed_bytes
+    if limit <= INLINE_BODY_BYTES:
+        return decode_body(raw, encoding, max_decompressed=limit)
+    try:
+        return decode_body(raw, encoding, max_decompressed=INLINE_BODY_BYTES)
+    except RequestRefused as refused:
+        if refused.status == 413:
+            return None  # larger than the loop's share; the pool decodes it against the real limit
+        raise
+
+
 async def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
                          request: web.Request, now: float) -> tuple[int, dict, dict]:
     """Decode, verify and store one batch; (status, answer body, request-log fields)."""
     idempotency_key = request.headers.get("Idempotency-Key")
-    if len(raw) <= INLINE_WIRE_BYTES:
-        body = _verified_body(state, raw, encoding, signature, now)
-        if len(body) <= INLINE_BODY_BYTES:
-            judged = judge_batch(body, idempotency_key, state.config.org_salt_key)
-        else:
-            judged = await asyncio.get_running_loop().run_in_executor(
-                state.executor, judge_batch, body, idempotency_key, state.config.org_salt_key)
+    config = state.config
+    body = _inline_body(state, raw, encoding)
+    if body is not None:
+        check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
+        judged = judge_batch(body, idempotency_key, config.org_salt_key)
+        flags = await state.write(state.storage.insert_batch, judged.batch_id, judged.accepted, now=now)
     else:
         judged = await asyncio.get_running_loop().run_in_executor(
             state.executor, _judged_batch, state, raw, encoding, signature, idempotency_key, now)
-    duplicates = sum(await state.write(state.storage.insert_batch, judged.batch_id, judged.accepted, now=now))
+        flags = await state.write_in_pool(state.storage.insert_batch, judged.batch_id, judged.accepted, now=now)
+    duplicates = sum(flags)
     accepted = len(judged.accepted) - duplicates
     fields = {"batch_id": judged.batch_id, "events": judged.event_count, "accepted": accepted,
               "duplicates": duplicates, "rejected": len(judged.rejected)}
@@ -209,7 +239,7 @@ async def _process_completion(state: CollectorState, raw: bytes, encoding: Optio
 
 
 async def _handle_signed_post(request: web.Request, endpoint: str, process: Any) -> web.StreamResponse:
-    """The life of one signed POST: faults before, key check, body, ``process`` in the pool, faults after, log.
+    """The life of one signed POST: faults before, key check, body, ``process``, faults after, log.
 
     ``await process(state, raw, encoding, signature, request, now) -> (status, answer, log fields)``
     raises RequestRefused for an answer other than 200.

