@@ -32,30 +32,12 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_drain import API_KEY, SALT, process_cpu_seconds  # noqa: E402
+from bench_drain import API_KEY, SALT, process_cpu_seconds, signed_reasoning_events  # noqa: E402
 
 from aop_client.collector import CollectorConfig  # noqa: E402
 from aop_client.collector.runner import start_collector_process  # noqa: E402
 from aop_client.core.batching import build_batch_body  # noqa: E402
-from aop_client.signing import signed_body  # noqa: E402
-from aop_client.trace_builder import TraceBuilder  # noqa: E402
 from aop_client.transport import HttpTransport  # noqa: E402
-
-
-def signed_events(n: int) -> list[bytes]:
-    """n signed ~480-byte reasoning event bodies, runs of 1000 (as bench_drain fills its store)."""
-    bodies = []
-    builder = None
-    for i in range(n):
-        if i % 1000 == 0:
-            builder = TraceBuilder(agent_id=123)
-        event = builder.create_reasoning(goal="Process customer refund request",
-                                         steps=[{"step_id": "s1", "description": "Validate order ID",
-                                                 "decision": "proceed", "confidence": 0.95}],
-                                         safety_checks=[{"name": "policy_check", "result": "passed"}],
-                                         uncertainty="low")
-        bodies.append(signed_body(event, SALT)[1])
-    return bodies
 
 
 def one_round(bodies: list[bytes], batch_size: int, clients: int, salted: bool) -> dict:
@@ -107,7 +89,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3, help="concurrent connections posting batches")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    bodies = signed_events(args.events)
+    bodies = [body for _, body in signed_reasoning_events(args.events)]
     results: dict[str, list[dict]] = {"verifying": [], "baseline (no key)": []}
     for run in range(args.repeat):
         for name, salted in (("verifying", True), ("baseline (no key)", False)):

@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,10 +47,8 @@ from aop_client.transport import HttpTransport  # noqa: E402
 API_KEY, SALT = "bench-api-key", "bench-org-salt"
 
 
-def fill(spool: str, n: int) -> int:
-    """Append n signed ~355-byte reasoning events (runs of 1000) to a fresh store; returns bytes stored."""
-    store = DiskStore(spool, max_events=max(n, 1000) * 2, max_bytes=4 * 2**30, retention_seconds=0.0)
-    total = 0
+def signed_reasoning_events(n: int) -> Iterator[tuple[dict, bytes]]:
+    """n (event, signed body) pairs: ~480-byte reasoning events in runs of 1000, as every drain benchmark sends."""
     builder = None
     for i in range(n):
         if i % 1000 == 0:
@@ -59,7 +58,14 @@ def fill(spool: str, n: int) -> int:
                                                  "decision": "proceed", "confidence": 0.95}],
                                          safety_checks=[{"name": "policy_check", "result": "passed"}],
                                          uncertainty="low")
-        _, body = signed_body(event, SALT)
+        yield event, signed_body(event, SALT)[1]
+
+
+def fill(spool: str, n: int) -> int:
+    """Append n signed ~480-byte reasoning events (runs of 1000) to a fresh store; returns bytes stored."""
+    store = DiskStore(spool, max_events=max(n, 1000) * 2, max_bytes=4 * 2**30, retention_seconds=0.0)
+    total = 0
+    for event, body in signed_reasoning_events(n):
         total += len(body)
         assert store.append(event["event_id"], event["run_id"], event["seq"], body).stored
     store.close()
