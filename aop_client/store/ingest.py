@@ -270,11 +270,13 @@ def ingest(
 
 
 def count_unindexed(
-    conn: sqlite3.Connection, segment_dir: str, memo: dict | None = None
+    conn: sqlite3.Connection, segment_dir: str, memo: dict | None = None, *,
+    owner: int | None = None, foreign: list | None = None,
 ) -> tuple[int, int, float | None]:
     """(records, bytes, oldest appended_at) not yet indexed; read-only.
 
-    Counts the valid records of each segment from its start (remembered in
+    Only segments of ``owner`` count (see segments.list_segments; the names
+    of others go to ``foreign``). Counts the valid records of each segment from its start (remembered in
     ``memo`` between calls, so a later call only reads what was appended since)
     and subtracts the records the index took from it.
     """
@@ -284,7 +286,7 @@ def count_unindexed(
     nbytes = 0
     oldest: float | None = None
     present = set()
-    for name, size in list_segments(segment_dir):
+    for name, size in list_segments(segment_dir, owner=owner, foreign=foreign):
         present.add(name)
         cursor, indexed = known.get(name, (0, 0))
         if size <= cursor:
