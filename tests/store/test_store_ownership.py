@@ -1,0 +1,378 @@
+"""A spool prepared by someone else (issue 12, part 1): foreign or writable directories, planted symlinks,
+foreign segment and index files, and root's read-only inspection. Runs as root (here and in CI), so the
+"other user" is uid 65534 (nobody), made with os.chown or a real process started as that user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from aop_client import AOPClient, ClientConfig
+from aop_client.election import LOCK_FILE_NAME, FlusherElection
+from aop_client.errors import StoreError
+from aop_client.signing import signed_body
+from aop_client.store import DiskStore
+from aop_client.store.records import encode_record
+from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY
+from aop_client.trace_builder import TraceBuilder
+from test_cli import aop_env, run_aop
+
+NOBODY = 65534
+
+
+def _drain(store: DiskStore) -> list[str]:
+    epoch = store.begin_epoch()
+    out: list[str] = []
+    while batch := store.lease(100, 1 << 20):
+        store.ack([e.ref for e in batch], epoch=epoch)
+        out.extend(e.event_id for e in batch)
+    return out
+
+
+def _fill(store: DiskStore, n: int, prefix: str = "e") -> list[str]:
+    ids = [f"{prefix}{i}" for i in range(n)]
+    for i, event_id in enumerate(ids):
+        assert store.append(event_id, "run", i, b'{"x":1}').stored
+    return ids
+
+
+def _victim(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file a planted symlink points at; it must never change."""
+    victim = tmp_path / "victim"
+    content = b"precious data, not a spool file\n" * 100
+    victim.write_bytes(content)
+    return victim, content
+
+
+def _tree(root: Path) -> dict:
+    """Every entry under root (and root itself): type, owner, mode, size, mtime and content hash."""
+    out = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = os.lstat(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
+        out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_uid, stat.S_IMODE(st.st_mode),
+                                             st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+# -- directories ---------------------------------------------------------------------------------------------
+
+
+def test_an_existing_0777_directory_of_another_uid_is_refused_and_left_untouched(tmp_path) -> None:
+    """The issue's reproduction: a pre-existing spool owned by uid 65534, mode 0777, is refused by name, owner, mode."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    os.chown(spool, NOBODY, NOBODY)
+    os.chmod(spool, 0o777)
+    with pytest.raises(StoreError) as info:
+        DiskStore(spool)
+    message = str(info.value)
+    assert str(spool) in message and f"uid {NOBODY}" in message and "0777" in message
+    assert "spool_dir of your own" in message
+    assert list(spool.iterdir()) == []  # nothing created in it
+    assert stat.S_IMODE(os.lstat(spool).st_mode) == 0o777  # and nothing chmod'ed
+
+
+def test_a_foreign_directory_is_refused_even_when_private(tmp_path) -> None:
+    """Owned by another uid with mode 0700: still not ours (root could open it, and must not)."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    os.chown(spool, NOBODY, NOBODY)
+    with pytest.raises(StoreError, match=f"uid {NOBODY}"):
+        DiskStore(spool)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o720])
+def test_our_directory_writable_by_group_or_others_is_refused_with_what_to_do(tmp_path, mode) -> None:
+    """Our own spool that group/others may write: refused (files may be planted), with `chmod 700 DIR` advice."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    os.chmod(spool, mode)
+    with pytest.raises(StoreError) as info:
+        DiskStore(spool)
+    assert f"chmod 700 {spool}" in str(info.value) and f"{mode:04o}" in str(info.value)
+    assert stat.S_IMODE(os.lstat(spool).st_mode) == mode
+
+
+def test_our_directory_readable_by_others_is_made_private(tmp_path) -> None:
+    """0755 lets others read (the index, the segments) but never write: tightened to 0700, not refused."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    os.chmod(spool, 0o755)
+    os.chmod(spool / "segments", 0o750)
+    with DiskStore(spool) as store:
+        assert store.append("e", "r", 1, b"x").stored
+    assert stat.S_IMODE(os.lstat(spool).st_mode) == 0o700
+    assert stat.S_IMODE(os.lstat(spool / "segments").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("name", ["segments", "quarantine"])
+@pytest.mark.parametrize("problem", ["foreign", "writable", "symlink", "file"])
+def test_a_bad_directory_inside_the_spool_is_refused(tmp_path, name, problem) -> None:
+    """segments/ and quarantine/ are checked like the root: another uid's, group/other-writable, a symlink, a file."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    inner = spool / name
+    if problem == "foreign":
+        os.chown(inner, NOBODY, NOBODY)
+    elif problem == "writable":
+        os.chmod(inner, 0o777)
+    elif problem == "symlink":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        shutil.rmtree(inner)
+        inner.symlink_to(elsewhere)
+    else:
+        shutil.rmtree(inner)
+        inner.write_bytes(b"")
+    with pytest.raises(StoreError) as info:
+        DiskStore(spool)
+    assert str(inner) in str(info.value)
+    if problem == "symlink":
+        assert list((tmp_path / "elsewhere").iterdir()) == []  # never followed
+
+
+def test_missing_parents_are_created_0700_one_by_one(tmp_path) -> None:
+    """os.makedirs would give the parents 0755 under umask 022: every directory created is 0700."""
+    old = os.umask(0o022)
+    try:
+        DiskStore(tmp_path / "a" / "b" / "c" / "spool").close()
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c", tmp_path / "a" / "b" / "c" / "spool"):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700, path
+
+
+def test_a_spool_under_a_world_writable_non_sticky_parent_is_refused(tmp_path) -> None:
+    """Anyone may rename entries of a 0777 directory without the sticky bit, so the spool could be swapped."""
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(parent, 0o777)
+    with pytest.raises(StoreError, match="sticky"):
+        DiskStore(parent / "spool")
+    os.chmod(parent, 0o1777)  # like /tmp: fine
+    DiskStore(parent / "spool").close()
+
+
+# -- planted symlinks ----------------------------------------------------------------------------------------
+
+
+def test_a_symlink_planted_at_flusher_lock_is_not_followed_nor_truncated(tmp_path) -> None:
+    """The issue's reproduction: flusher.lock -> a victim file; winning and releasing must not truncate it."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    victim, content = _victim(tmp_path)
+    (spool / LOCK_FILE_NAME).symlink_to(victim)
+    election = FlusherElection(spool)
+    with pytest.raises(StoreError, match="symlink"):
+        election.try_acquire()
+    with pytest.raises(StoreError, match="symlink"):
+        election.holder()
+    election.close()
+    assert victim.read_bytes() == content
+
+
+def test_a_lock_file_of_another_uid_is_refused(tmp_path) -> None:
+    """A regular flusher.lock owned by someone else is neither locked nor written."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    lock = spool / LOCK_FILE_NAME
+    lock.write_bytes(b'{"pid": 1}')
+    os.chown(lock, NOBODY, NOBODY)
+    with pytest.raises(StoreError, match=f"owner uid {NOBODY}"):
+        FlusherElection(spool).try_acquire()
+    assert lock.read_bytes() == b'{"pid": 1}'
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm", "-journal"])
+def test_a_symlink_planted_at_an_index_file_is_refused_and_its_target_untouched(tmp_path, suffix) -> None:
+    """index.sqlite3 and the files SQLite opens beside it: a planted symlink is refused, never written through."""
+    spool = tmp_path / "spool"
+    with DiskStore(spool) as store:
+        _fill(store, 3)
+    for leftover in ("-wal", "-shm", "-journal"):
+        assert not (spool / f"index.sqlite3{leftover}").exists()
+    victim, content = _victim(tmp_path)
+    link = spool / f"index.sqlite3{suffix}"
+    if suffix == "":
+        (spool / "index.sqlite3").rename(tmp_path / "index-copy")
+    link.symlink_to(victim)
+    with pytest.raises(StoreError) as info:
+        store = DiskStore(spool)
+        _drain(store)  # today's code writes the WAL through the link here
+        store.close()
+    assert str(link) in str(info.value) and "symlink" in str(info.value)
+    assert victim.read_bytes() == content
+    assert link.is_symlink()
+
+
+def test_a_symlink_planted_at_a_segment_path_is_not_followed(tmp_path) -> None:
+    """A *.seg symlink to a file of valid records: never read, never truncated, counted as foreign."""
+    spool = tmp_path / "spool"
+    store = DiskStore(spool)
+    ours = _fill(store, 5)
+    victim = tmp_path / "victim.seg"
+    content = b"".join(encode_record(f"forged{i}".encode(), b"run", 100 + i, b"{}", time.time_ns(), time.time())
+                       for i in range(4))
+    victim.write_bytes(content)
+    (spool / "segments" / f"{1:020d}-1-deadbeef.seg").symlink_to(victim)
+    assert store.stats().foreign_files == 1
+    assert sorted(_drain(store)) == sorted(ours)
+    store.reclaim(now=time.time() + 10**6)
+    assert victim.read_bytes() == content
+    store.close()
+
+
+# -- foreign files inside our spool --------------------------------------------------------------------------
+
+
+def _forged_segment(spool: Path, run_id: str, n: int) -> tuple[Path, list[str]]:
+    """A *.seg owned by uid 65534 holding n validly encoded, validly signed events (the worst case)."""
+    builder = TraceBuilder(agent_id=5, run_id=run_id)
+    records, ids = [], []
+    for _ in range(n):
+        event = builder.create_action_request(action="forged", params={})
+        body = signed_body(event, TEST_ORG_SALT_KEY)[1]
+        records.append(encode_record(event["event_id"].encode(), run_id.encode(), event["seq"] + 1000, body,
+                                     1, time.time()))  # the oldest order key there is: it would go first
+        ids.append(event["event_id"])
+    path = spool / "segments" / f"{1:020d}-99999-0badf00d.seg"
+    path.write_bytes(b"".join(records))
+    os.chown(path, NOBODY, NOBODY)
+    os.chmod(path, 0o600)
+    return path, ids
+
+
+def test_a_foreign_segment_is_never_delivered_to_a_real_collector(tmp_path, aop_collector) -> None:
+    """The issue's reproduction: another uid's *.seg of signed events is ignored, counted, shown by `aop status`."""
+    spool = tmp_path / "spool"
+    config = ClientConfig(api_key=aop_collector.api_key, base_url=aop_collector.url,
+                          org_salt_key=aop_collector.org_salt_key, spool_dir=str(spool), batch_interval=0.05)
+    client = AOPClient(config)
+    ours = []
+    for i in range(20):
+        event = client.trace_builder.create_action_request(action="lookup", params={"i": i})
+        assert client.emit_event(event)
+        ours.append(event["event_id"])
+    planted, forged = _forged_segment(spool, client.trace_builder.run_id, 10)
+    assert client.flush(timeout=30)
+    run = [e.event_id for e in client.store.iter_run(client.trace_builder.run_id)]
+    stats = client.store.stats()
+    client.stop(timeout=5)
+    assert aop_collector.event_ids() == set(ours)
+    assert not set(run) & set(forged)
+    assert stats.foreign_files == 1 and stats.pending == 0 and stats.quarantined == 0
+    assert planted.exists() and os.lstat(planted).st_uid == NOBODY  # ignored, not deleted
+    env = aop_env(tmp_path)
+    report = json.loads(run_aop("status", "--spool", str(spool), "--json", env=env).stdout)
+    assert report["foreign_files"] == 1 and report["read_only"] is False
+    table = run_aop("status", "--spool", str(spool), env=env).stdout
+    assert any("foreign files" in line and " 1 " in line for line in table.splitlines())
+
+
+def test_a_foreign_index_is_set_aside_and_the_index_rebuilt_from_our_segments(tmp_path) -> None:
+    """Another uid's index.sqlite3 (here: one saying our pending events were delivered) is never trusted."""
+    spool = tmp_path / "spool"
+    with DiskStore(spool) as store:
+        ours = _fill(store, 6)
+    forged_spool = tmp_path / "forged"
+    shutil.copytree(spool, forged_spool)
+    with DiskStore(forged_spool) as forger:
+        assert len(_drain(forger)) == 6  # its index now says: all delivered
+    (spool / "index.sqlite3").unlink()
+    shutil.copy(forged_spool / "index.sqlite3", spool / "index.sqlite3")
+    os.chown(spool / "index.sqlite3", NOBODY, NOBODY)
+    with DiskStore(spool) as store:
+        stats = store.stats()
+        assert stats.pending == 6 and stats.delivered_retained == 0 and stats.foreign_files == 1
+        assert sorted(_drain(store)) == sorted(ours)
+    aside = [p for p in (spool / "quarantine").iterdir() if p.name.endswith(".foreign")]
+    assert [os.lstat(p).st_uid for p in aside] == [NOBODY]
+
+
+# -- root's read-only inspection -----------------------------------------------------------------------------
+
+def _worker(spool: str) -> None:
+    """What a worker does to its spool: emit 9 events, deliver 3 (the index's changes stay in its live WAL)."""
+    store = DiskStore(spool)
+    for i in range(9):
+        assert store.append(f"w{i}", "run", i, b'{"x": 1}').stored
+    epoch = store.begin_epoch()
+    batch = store.lease(3, 1 << 20)
+    store.ack([e.ref for e in batch], epoch=epoch)
+
+
+@pytest.fixture
+def worker_spool():
+    """A spool made and held open by a real process running as uid 65534 (forked, then setuid)."""
+    base = tempfile.mkdtemp(prefix="aop-owner-")
+    os.chmod(base, 0o711)
+    spool = os.path.join(base, "spool")
+    os.mkdir(spool, 0o700)
+    os.chown(spool, NOBODY, NOBODY)  # as an admin prepares a worker's spool
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            _worker(spool)
+            os.write(ready_w, b"ready")
+            os.read(done_r, 1)  # hold the store (and its WAL) open until the test is done
+        except BaseException as e:  # report, never raise in the child
+            os.write(ready_w, repr(e).encode())
+        os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        assert os.read(ready_r, 4096) == b"ready"
+        assert os.path.exists(os.path.join(spool, "index.sqlite3-wal"))
+        yield Path(spool)
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        shutil.rmtree(base)
+
+
+def test_root_inspects_a_workers_spool_read_only_and_writes_nothing(worker_spool, tmp_path) -> None:
+    """`sudo aop status` on a uid-65534 spool: right counts, and the tree is byte-for-byte unchanged."""
+    before = _tree(worker_spool)
+    assert {uid for _kind, uid, *_ in before.values()} == {NOBODY}
+    result = run_aop("status", "--spool", str(worker_spool), "--json", env=aop_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["read_only"] is True
+    assert (report["pending"], report["retained"], report["foreign_files"]) == (6, 3, 0)
+    from aop_client.store.readonly import ReadOnlyStore
+
+    with ReadOnlyStore(worker_spool) as view:
+        assert view.stats().pending == 6
+        with pytest.raises(StoreError, match="read-only"):
+            view.append("x", "run", 99, b"{}")
+        with pytest.raises(StoreError, match="read-only"):
+            view.begin_epoch()
+    assert _tree(worker_spool) == before
+
+
+def test_root_may_not_open_a_workers_spool_for_writing(worker_spool) -> None:
+    """Only the inspection view: a normal open by root is refused, and creates nothing."""
+    before = _tree(worker_spool)
+    with pytest.raises(StoreError, match=f"uid {NOBODY}"):
+        DiskStore(worker_spool)
+    with pytest.raises(StoreError, match=f"uid {NOBODY}"):
+        FlusherElection(worker_spool).try_acquire()
+    assert _tree(worker_spool) == before
