@@ -25,17 +25,7 @@ from aop_client.store.records import encode_record
 from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY
 from aop_client.trace_builder import TraceBuilder
 from test_cli import aop_env, run_aop
-
-NOBODY = 65534
-
-
-def _drain(store: DiskStore) -> list[str]:
-    epoch = store.begin_epoch()
-    out: list[str] = []
-    while batch := store.lease(100, 1 << 20):
-        store.ack([e.ref for e in batch], epoch=epoch)
-        out.extend(e.event_id for e in batch)
-    return out
+from test_store_hostile_env import NOBODY, _drain
 
 
 def _fill(store: DiskStore, n: int, prefix: str = "e") -> list[str]:
