@@ -46,7 +46,7 @@ from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
-from .errors import ConfigError, FencedError
+from .errors import ConfigError, FencedError, StoreError
 from .replay import write_trace_file
 from .send_pipeline import InOrder, SendPool
 from .store.api import Store, StoredEvent
@@ -280,7 +280,14 @@ class Flusher:
             self._step_down()
 
     def _campaign(self) -> bool:
-        if not self.election.try_acquire():
+        try:
+            won = self.election.try_acquire()
+        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported once, tried again each poll
+            message = f"cannot campaign for the flusher lock: {e}"
+            if message != self._last_error:
+                self._note_error(message, e)
+            return False
+        if not won:
             return False
         try:
             self._epoch = self.store.begin_epoch()

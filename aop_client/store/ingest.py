@@ -58,10 +58,10 @@ class BodyCache:
 
 
 def save_quarantined(quarantine_dir: str, segment: str, offset: int, data: bytes) -> None:
-    """Best-effort copy of damaged bytes for forensics (0600; failures ignored)."""
+    """Best-effort copy of damaged bytes for forensics (0600, O_EXCL: never truncates or writes through anything there)."""
     try:
         path = os.path.join(quarantine_dir, f"{segment}.{offset}.bad")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data[:QUARANTINE_COPY_LIMIT])
         finally:

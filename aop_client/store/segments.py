@@ -47,7 +47,7 @@ def next_ord() -> int:
 
 def fsync_directory(path: str) -> None:
     """fsync a directory so a file created or removed in it survives power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -171,6 +171,26 @@ def test_a_symlink_planted_at_flusher_lock_is_not_followed_nor_truncated(tmp_pat
     assert victim.read_bytes() == content
 
 
+def test_a_client_facing_a_planted_lock_reports_it_and_drains_once_it_is_gone(tmp_path, aop_collector) -> None:
+    """The flusher thread survives the refusal, says why in last_error, and wins the lock once the link is removed."""
+    spool = tmp_path / "spool"
+    DiskStore(spool).close()
+    victim, content = _victim(tmp_path)
+    (spool / LOCK_FILE_NAME).symlink_to(victim)
+    client = AOPClient(ClientConfig(api_key=aop_collector.api_key, base_url=aop_collector.url,
+                                    org_salt_key=aop_collector.org_salt_key, spool_dir=str(spool),
+                                    batch_interval=0.05))
+    event = client.trace_builder.create_action_request(action="lookup", params={})
+    assert client.emit_event(event)
+    assert not client.flush(timeout=1)
+    assert "symlink" in (client.get_stats()["last_error"] or "")
+    (spool / LOCK_FILE_NAME).unlink()
+    assert client.flush(timeout=30)
+    client.stop(timeout=5)
+    assert aop_collector.event_ids() == {event["event_id"]}
+    assert victim.read_bytes() == content
+
+
 def test_a_lock_file_of_another_uid_is_refused(tmp_path) -> None:
     """A regular flusher.lock owned by someone else is neither locked nor written."""
     spool = tmp_path / "spool"
