@@ -19,6 +19,11 @@ its copy) and reports ``is_leader`` False; the child may then try to win on its
 own. The lock file is opened with ``O_CLOEXEC`` so exec'd programs never inherit
 it.
 
+Hostile spools: the directory must pass the spool's checks (ours, not writable
+by group/others; aop_client.store.layout), and the lock file is opened with
+``O_NOFOLLOW`` and used only when it is a regular file of ours: a symlink planted
+at ``flusher.lock`` is refused (StoreError), never locked, written or truncated.
+
 Takeover latency: :meth:`FlusherElection.wait_for_leadership` polls with a
 non-blocking ``flock`` every ``poll`` seconds (default 0.1 s, at most 0.2 s).
 A blocking ``flock`` in a helper thread would react faster but cannot be
@@ -46,6 +51,7 @@ import weakref
 from typing import Any, Optional
 
 from .errors import StoreError
+from .store.layout import describe, ensure_private_directory
 
 __all__ = ["FlusherElection", "LOCK_FILE_NAME", "MAX_POLL_INTERVAL"]
 
@@ -68,8 +74,6 @@ os.register_at_fork(after_in_child=_forget_inherited_locks_in_child)
 
 def _ensure_private_directory(directory: str) -> None:
     # The spool's rules (aop_client.store.layout): ours, not writable by group/others, parents 0700.
-    from .store.layout import ensure_private_directory
-
     ensure_private_directory(directory)
 
 
@@ -78,7 +82,9 @@ def _open_lock_file(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     try:
         fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
     except FileNotFoundError:
-        raise
+        if not flags & os.O_CREAT:
+            raise  # holder(): no lock file, no holder
+        raise StoreError(f"cannot open flusher lock file {path!r}: its directory is gone") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise StoreError(f"refusing flusher lock file {path!r}: it is a symlink (never followed, never "
@@ -88,8 +94,8 @@ def _open_lock_file(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
         st = os.fstat(fd)
         owner = os.geteuid() if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
         if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
-            raise StoreError(f"refusing flusher lock file {path!r}: owner uid {st.st_uid}, mode "
-                             f"{st.st_mode:o}; only a regular file of uid {owner} is used; remove it (`rm {path}`)")
+            raise StoreError(f"refusing flusher lock {describe(path, st)}: only a regular file of uid {owner} "
+                             f"is used; remove it (`rm {path}`)")
         if flags & os.O_CREAT and stat.S_IMODE(st.st_mode) != _FILE_MODE:
             os.fchmod(fd, _FILE_MODE)
     except BaseException:
