@@ -12,6 +12,7 @@ import shutil
 import stat
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from aop_client.store.records import encode_record
 from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY
 from aop_client.trace_builder import TraceBuilder
 from test_cli import aop_env, run_aop
-from test_store_hostile_env import NOBODY, _drain
+from test_store_hostile_env import NOBODY, _as_nobody, _drain, shared_base  # noqa: F401  (a fixture)
 
 
 def _fill(store: DiskStore, n: int, prefix: str = "e") -> list[str]:
@@ -153,6 +154,32 @@ def test_a_spool_under_a_world_writable_non_sticky_parent_is_refused(tmp_path) -
     DiskStore(parent / "spool").close()
 
 
+def test_another_user_can_read_nothing_of_the_spool(shared_base) -> None:
+    """With the modes above, uid 65534 can neither list the spool nor open its index or segments."""
+    spool = os.path.join(shared_base, "spool")
+    with DiskStore(spool) as store:
+        _fill(store, 3)
+        store.stats()
+        names = [os.path.join(spool, "index.sqlite3"),
+                 *(os.path.join(spool, "segments", n) for n in os.listdir(os.path.join(spool, "segments")))]
+
+    def child() -> dict:
+        refused = 0
+        for path in [spool, os.path.join(spool, "segments")]:
+            try:
+                os.listdir(path)
+            except PermissionError:
+                refused += 1
+        for path in names:
+            try:
+                open(path, "rb").close()
+            except PermissionError:
+                refused += 1
+        return {"refused": refused}
+
+    assert _as_nobody(child) == {"refused": 2 + len(names)}
+
+
 # -- planted symlinks ----------------------------------------------------------------------------------------
 
 
@@ -245,8 +272,8 @@ def test_a_symlink_planted_at_a_segment_path_is_not_followed(tmp_path) -> None:
 # -- foreign files inside our spool --------------------------------------------------------------------------
 
 
-def _forged_segment(spool: Path, run_id: str, n: int) -> tuple[Path, list[str]]:
-    """A *.seg owned by uid 65534 holding n validly encoded, validly signed events (the worst case)."""
+def _forged_segment(spool: Path, run_id: str, n: int, owner: int = NOBODY) -> tuple[Path, list[str]]:
+    """A *.seg of another uid holding n validly encoded, validly signed events (the worst case)."""
     builder = TraceBuilder(agent_id=5, run_id=run_id)
     records, ids = [], []
     for _ in range(n):
@@ -257,7 +284,7 @@ def _forged_segment(spool: Path, run_id: str, n: int) -> tuple[Path, list[str]]:
         ids.append(event["event_id"])
     path = spool / "segments" / f"{1:020d}-99999-0badf00d.seg"
     path.write_bytes(b"".join(records))
-    os.chown(path, NOBODY, NOBODY)
+    os.chown(path, owner, owner)
     os.chmod(path, 0o600)
     return path, ids
 
@@ -360,13 +387,14 @@ def worker_spool():
 
 def test_root_inspects_a_workers_spool_read_only_and_writes_nothing(worker_spool, tmp_path) -> None:
     """`sudo aop status` on a uid-65534 spool: right counts, and the tree is byte-for-byte unchanged."""
+    assert {os.lstat(p).st_uid for p in [worker_spool, *worker_spool.rglob("*")]} == {NOBODY}
+    _forged_segment(worker_spool, str(uuid.uuid4()), 4, owner=0)  # root's file: not the worker's, never counted
     before = _tree(worker_spool)
-    assert {uid for _kind, uid, *_ in before.values()} == {NOBODY}
     result = run_aop("status", "--spool", str(worker_spool), "--json", env=aop_env(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["read_only"] is True
-    assert (report["pending"], report["retained"], report["foreign_files"]) == (6, 3, 0)
+    assert (report["pending"], report["retained"], report["foreign_files"]) == (6, 3, 1)
     from aop_client.store.readonly import ReadOnlyStore
 
     with ReadOnlyStore(worker_spool) as view:
