@@ -54,10 +54,15 @@ def _check_dir(fd: int, path: str, read_only: bool) -> None:
     me = os.geteuid()
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != me:
+        if me == 0:
+            what = (f"run the command as its owner (`sudo -u '#{st.st_uid}' ...`): files root creates in it "
+                    f"would lock that user out; `aop status` inspects it read-only")
+        else:
+            what = (f"use a spool_dir of your own (or, if this one is trusted, `chown -R {me} {path}` "
+                    f"and `chmod 700 {path}`)")
         raise StoreError(
             f"refusing store {describe(path, st)}: it belongs to another user, and we are uid {me}; "
-            f"files planted in it could be read as our events. Use a spool_dir of your own "
-            f"(or, if this one is trusted, `chown -R {me} {path}` and `chmod 700 {path}`)"
+            f"files planted in it could be read as our events. To go on, {what}"
         )
     if mode & 0o022:
         raise StoreError(

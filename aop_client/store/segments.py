@@ -188,6 +188,7 @@ def list_segments(segment_dir: str, *, owner: int | None = None, foreign: list |
     appended to ``foreign`` when given. Costs no syscall beyond the listing's lstat.
     """
     out = []
+    owner = os.geteuid() if owner is None else owner
     with os.scandir(segment_dir) as it:
         for entry in it:
             if entry.name.endswith(SEGMENT_SUFFIX):

@@ -68,9 +68,27 @@ def test_an_existing_0777_directory_of_another_uid_is_refused_and_left_untouched
         DiskStore(spool)
     message = str(info.value)
     assert str(spool) in message and f"uid {NOBODY}" in message and "0777" in message
-    assert "spool_dir of your own" in message
+    assert "`sudo -u '#65534'" in message  # we are root here: the advice is to run as the owner
     assert list(spool.iterdir()) == []  # nothing created in it
     assert stat.S_IMODE(os.lstat(spool).st_mode) == 0o777  # and nothing chmod'ed
+
+
+def test_a_user_given_someone_elses_spool_is_told_to_use_their_own(shared_base) -> None:
+    """As uid 65534, a root-owned 0777 spool (which that user could fill with forged files) is refused too."""
+    spool = os.path.join(shared_base, "spool")
+    os.mkdir(spool)
+    os.chmod(spool, 0o777)
+
+    def child() -> dict:
+        try:
+            DiskStore(spool)
+        except StoreError as e:
+            return {"error": str(e)}
+        return {"error": None}
+
+    error = _as_nobody(child)["error"]
+    assert error and spool in error and "owner uid 0" in error and "spool_dir of your own" in error
+    assert os.listdir(spool) == []
 
 
 def test_a_foreign_directory_is_refused_even_when_private(tmp_path) -> None:
