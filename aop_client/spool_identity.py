@@ -52,7 +52,7 @@ FORMAT = 1
 SAMPLE = 64  # undelivered events whose signatures are checked before binding or adopting
 _FIELDS = ("base_url", "api_key", "org_salt_key")
 _MAX_FILE = 64 * 1024
-_warned_legacy: set[str] = set()
+_checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
 
 
 def _fingerprint(secret: Optional[str], label: str, nonce: str) -> Optional[str]:
@@ -282,12 +282,14 @@ def migrate_legacy_default(config: Any) -> bool:
 
     Moved (one rename, nothing copied) only when the new path does not exist yet, the old one is
     a directory of ours with no identity or ours, no flusher holds it, and its sampled undelivered
-    events verify with our salt. Otherwise it stays, with one warning per process.
+    events verify with our salt. Otherwise it stays; a process checks it once, and warns once
+    when it still holds undelivered events.
     """
     old, new = legacy_default_path(config), Path(config.spool_path)
-    if old == new or not old.is_dir() or old.is_symlink():
+    if old == new or (old, new) in _checked_legacy or not old.is_dir() or old.is_symlink():
         return False
-    why = _legacy_blocker(old, new, config)
+    _checked_legacy.add((old, new))
+    why, undelivered = _legacy_blocker(old, new, config)
     if why is None:
         try:
             os.rename(old, new)
@@ -295,34 +297,37 @@ def migrate_legacy_default(config: Any) -> bool:
             return True
         except OSError as e:
             why = f"it could not be moved ({e.strerror})"
-    if str(old) not in _warned_legacy:
-        _warned_legacy.add(str(old))
-        log.warning("aop_client left the earlier default spool %s in place: %s. `aop status --spool %s` "
-                    "shows what it holds; `aop flush --spool %s` with the credentials that stored its events "
-                    "delivers them (see docs/operations.md)", old, why, old, old)
+    if undelivered:
+        log.warning("aop_client left the earlier default spool %s (%s undelivered events) in place: %s. "
+                    "`aop status --spool %s` shows them; `aop flush --spool %s` with the credentials that "
+                    "stored them delivers them (see docs/operations.md)", old, undelivered, why, old, old)
     return False
 
 
-def _legacy_blocker(old: Path, new: Path, config: Any) -> Optional[str]:
-    """Why the earlier default spool must not be moved to ``new`` (None: it may)."""
+def _legacy_blocker(old: Path, new: Path, config: Any) -> tuple[Optional[str], Optional[int]]:
+    """(why the earlier default spool must not be moved to ``new`` or None, its undelivered events or None)."""
     from .election import FlusherElection
     from .store import DiskStore
 
-    if new.exists():
-        return f"{new} exists already"
     if os.lstat(old).st_uid != os.geteuid():
-        return "it belongs to another user"
+        return "it belongs to another user", None
+    undelivered = None
     try:
-        holder = FlusherElection(old).holder()
-        if holder and holder.get("alive"):
-            return f"process {holder.get('pid')} is its flusher"
-        refuse_other(old, config)
         with DiskStore(old) as store:
+            st = store.stats()
+            undelivered = st.pending + st.in_flight + st.fallback
+            if new.exists():
+                return f"{new} exists already", undelivered
+            with FlusherElection(old) as election:
+                holder = election.holder()
+            if holder and holder.get("alive"):
+                return f"process {holder.get('pid')} is its flusher", undelivered
+            refuse_other(old, config)
             sampled, foreign = foreign_signatures(store, config.org_salt_key)
     except ConfigError:
-        return "it is bound to other credentials"
+        return "it is bound to other credentials", undelivered
     except StoreError as e:
-        return f"it cannot be opened ({e})"
+        return f"it cannot be opened ({e})", None
     if foreign:
-        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key"
-    return None
+        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", undelivered
+    return None, undelivered
