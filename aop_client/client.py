@@ -84,7 +84,11 @@ class AOPClient:
 
     @property
     def store(self) -> Any:
-        """The durable store behind this client (opened on first use, reopened after fork)."""
+        """The durable store behind this client (opened on first use, reopened after fork).
+
+        Opening it checks the spool's binding (:mod:`aop_client.spool_identity`): a spool of
+        other credentials raises ConfigError, from ``start()`` or the first ``emit_event()``.
+        """
         store = self._store
         if store is None or self._store_pid != os.getpid():
             with self._lock:

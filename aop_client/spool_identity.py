@@ -296,6 +296,8 @@ def migrate_legacy_default(config: Any) -> bool:
             log.info("aop_client moved the earlier default spool %s to %s", old, new)
             return True
         except OSError as e:
+            if not old.exists():  # another process of this deployment moved it first
+                return False
             why = f"it could not be moved ({e.strerror})"
     if undelivered:
         log.warning("aop_client left the earlier default spool %s (%s undelivered events) in place: %s. "

@@ -177,3 +177,32 @@ def test_the_earlier_default_spool_stays_for_a_deployment_with_another_salt(tmp_
     stale = client_of(rotated, None, org_salt_key="salt-old")  # the deployment that stored them
     assert stale.store.directory == str(stale.config.spool_path) and not legacy.exists()
     assert stale.store.stats().pending == len(old_ids)
+
+
+def test_the_earlier_default_spool_held_by_a_running_flusher_stays_and_aop_flush_drains_it(
+        tmp_path, monkeypatch, caplog, aop_collector):
+    """A flusher of an earlier release still runs on the earlier default spool: the upgraded client leaves it
+    (one warning naming it), starts its own spool; `aop flush --spool OLD` then delivers the old events."""
+    from aop_client.election import FlusherElection
+    from test_cli import aop_env, run_aop
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    legacy, old_ids = legacy_spool(tmp_path / "state", aop_collector.url, aop_collector.api_key,
+                                   aop_collector.org_salt_key)
+    running = FlusherElection(legacy)
+    assert running.try_acquire()
+    try:
+        with caplog.at_level(logging.WARNING, logger="aop_client"):
+            client = client_of(aop_collector, None)
+            mine = emit(client)
+        assert any("is its flusher" in r.getMessage() and str(legacy) in r.getMessage() for r in caplog.records)
+        assert legacy.is_dir() and client.store.directory == str(client.config.spool_path)
+    finally:
+        running.close()
+    assert client.flush(timeout=30) and client.stop(timeout=5)
+    assert aop_collector.event_ids() == mine
+    result = run_aop("flush", "--spool", str(legacy), "--base-url", aop_collector.url, "--api-key",
+                     aop_collector.api_key, "--key", aop_collector.org_salt_key, "--timeout", "30",
+                     env=aop_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert aop_collector.event_ids() == mine | old_ids and aop_collector.duplicate_deliveries() == 0
