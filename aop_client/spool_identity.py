@@ -5,7 +5,7 @@ flusher sends them with its own ``base_url``, ``api_key`` and
 ``org_salt_key``. So a spool is bound to one destination: on first use the
 client writes ``<spool>/identity.json`` (0600, created exclusively, never
 following a link) holding the normalized ``base_url`` in clear and, for each
-secret, a keyed fingerprint ``HMAC-SHA256(key=secret, msg=label + nonce)``
+secret, a keyed fingerprint ``HMAC-SHA256(key=secret, msg=label + nonce + key length)``
 with a random per-spool nonce (or ``null`` for no salt). No secret is written.
 
 Every path that opens a spool to send from it goes through :func:`open_bound`
@@ -58,8 +58,11 @@ _checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools
 def _fingerprint(secret: Optional[str], label: str, nonce: str) -> Optional[str]:
     if secret is None:
         return None
-    message = f"aop-client spool identity v1\0{label}\0{nonce}".encode()
-    return hmac.new(secret.encode("utf-8", "surrogatepass"), message, hashlib.sha256).hexdigest()
+    key = secret.encode("utf-8", "surrogatepass")
+    # The key's length is in the message: HMAC pads short keys with zero bytes and hashes long ones,
+    # so "k" and "k\0" (or a long key and its SHA-256) would otherwise share a fingerprint.
+    message = f"aop-client spool identity v1\0{label}\0{nonce}\0{len(key)}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
@@ -247,14 +250,21 @@ def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
     return store
 
 
-def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
+def adopt(store: Any, config: Any, *, force: bool = False, before: Optional[Callable[[], None]] = None) -> dict:
     """Rebind a spool to ``config``'s credentials (key rotation); returns what changed.
+
+    ``before`` runs once it is known that something changes, before anything is checked or
+    written (the command refuses there while a flusher holds the spool).
 
     Refused (ConfigError) while sampled undelivered events are not signed with the new salt,
     unless ``force``: such events would be refused by a server that verifies the new salt.
     """
     old = read_identity(store.directory)
     changed = _FIELDS if old is None else tuple(differing_fields(old, config))
+    if not changed:
+        return {"changed": [], "previous_identity": True, "sampled": 0, "foreign": 0}
+    if before is not None:
+        before()
     sampled, foreign = foreign_signatures(store, config.org_salt_key)
     if foreign and not force:
         err = ConfigError(
@@ -265,8 +275,7 @@ def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
             field="org_salt_key", value=None)
         err.fields = ("org_salt_key",)
         raise err
-    if changed:
-        write_identity(store.directory, make_identity(config), replace=True)
+    write_identity(store.directory, make_identity(config), replace=True)
     return {"changed": list(changed), "previous_identity": old is not None,
             "sampled": sampled, "foreign": foreign}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +52,13 @@ def test_an_identity_accepts_exactly_the_identical_triple(a, b):
     assert differing_fields(identity, config(*b)) == expected
 
 
+def test_keys_that_hmac_pads_alike_are_different_keys():
+    """HMAC pads short keys with zero bytes: the fingerprint still tells "k" from "k\\0"."""
+    for a, b in (("k", "k\0"), ("", "\0"), ("x" * 70, "x" * 70 + "\0")):
+        assert differing_fields(make_identity(config(key=a, salt=a or None)), config(key=b, salt=b)) == \
+            ["api_key", "org_salt_key"]
+
+
 def test_base_urls_naming_one_server_share_an_identity():
     """Case of scheme and host, a default port and a trailing slash do not make another destination."""
     assert normalized_base_url("HTTP://Aop.Example:80/") == normalized_base_url("http://aop.example") == \
@@ -85,6 +93,8 @@ def test_each_differing_field_is_named_alone(tmp_path):
         assert refused.value.fields == (name,) and refused.value.field == name
         assert "key-1" not in str(refused.value) and "salt-1" not in str(refused.value)
         assert f"aop spool adopt --spool {spool}" in str(refused.value)
+        again = pickle.loads(pickle.dumps(refused.value))  # crosses process boundaries intact
+        assert type(again) is ConfigError and again.fields == (name,) and str(again) == str(refused.value)
 
 
 def test_binding_is_created_once_even_when_two_processes_race(tmp_path):
@@ -185,6 +195,7 @@ def test_adopt_refuses_while_a_flusher_holds_the_spool(tmp_path, capsys):
         wait_until(lambda: holder.get_stats()["is_flusher"], timeout=10)
         assert adopt(spool, key="key-2") == 2
         assert f"process {os.getpid()}" in capsys.readouterr().err
+        assert adopt(spool) == 0 and "already bound" in capsys.readouterr().out  # nothing to change: no refusal
     finally:
         holder.stop(timeout=0.5, flush=False)
     assert adopt(spool, key="key-2") == 0

@@ -40,13 +40,17 @@ def adopt_cmd(spool: Optional[str], base_url: Optional[str], api_key: Optional[s
     if not config.spool_dir:
         raise CliError("aop spool adopt needs the spool to adopt: --spool DIR (or AOP_SPOOL_DIR)")
     store = open_store(config)
-    try:
-        holder = FlusherElection(store.directory).holder()
+
+    def no_flusher() -> None:
+        with FlusherElection(store.directory) as election:
+            holder = election.holder()
         if holder and holder.get("alive") and not force:
             raise CliError(f"process {holder.get('pid')} on {holder.get('host')} is the flusher of "
                            f"{store.directory!r} and sends under the credentials it was started with: stop "
                            "every process using the old credentials first (or pass --force)")
-        result = adopt(store, config, force=force)
+
+    try:
+        result = adopt(store, config, force=force, before=no_flusher)
         pending = store.stats()
     finally:
         store.close()
