@@ -9,7 +9,7 @@ secret, a keyed fingerprint ``HMAC-SHA256(key=secret, msg=label + nonce + key le
 with a random per-spool nonce (or ``null`` for no salt). No secret is written.
 
 Every path that opens a spool to send from it goes through :func:`open_bound`
-(``AOPClient.store``, ``aop flush``, ``aop dead-letters retry``): a client
+(``AOPClient.store``, ``aop flush``; ``aop dead-letters retry`` sends nothing): a client
 whose credentials differ gets a :class:`~aop_client.errors.ConfigError` that
 names the differing fields (never a secret or a fingerprint) and says how to
 pick another ``spool_dir`` or adopt the spool on purpose (``aop spool adopt``,

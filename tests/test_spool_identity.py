@@ -220,3 +220,16 @@ def test_without_a_salt_only_an_unsigned_backlog_is_bound(tmp_path):
     assert AOPClient(config(spool=spool, salt=None)).store.stats().pending == 2
     with DiskStore(spool) as store:
         assert len(store.sample_undelivered(64)) == 2
+
+
+def test_aop_flush_with_other_credentials_is_refused_and_sends_nothing(tmp_path, capsys, aop_collector):
+    """`aop flush` on a spool of other credentials: exit 2, the field named, no event at the server, all kept."""
+    spool = tmp_path / "s"
+    fill(spool, 4, salt=aop_collector.org_salt_key).store.close()  # bound to http://127.0.0.1:9
+    code = main(["flush", "--spool", str(spool), "--base-url", aop_collector.url, "--api-key",
+                 aop_collector.api_key, "--key", aop_collector.org_salt_key, "--timeout", "5", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "base_url" in err and "aop spool adopt" in err and aop_collector.api_key not in err
+    assert aop_collector.event_ids() == set()
+    with DiskStore(spool) as store:
+        assert store.stats().pending == 4
