@@ -66,8 +66,8 @@ def default_spool_tag(base_url: str, api_key: str, org_salt_key: Optional[str]) 
     """The folder name of a default spool: 16 hex digits of SHA-256 over (base_url, api_key, salt).
 
     The salt is part of it, so two deployments rotating ``org_salt_key`` (same server, same
-    key) get two spools, each drained with its own salt. (Before aop_client 0.2 the tag was
-    over base_url and api_key only: see :mod:`aop_client.spool_identity` for the migration.)
+    key) get two spools, each drained with its own salt. (Earlier releases made the tag of
+    base_url and api_key only: :mod:`aop_client.spool_identity` moves such spools.)
     """
     text = json.dumps(["aop-client default spool v2", normalized_base_url(base_url), api_key, org_salt_key])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
