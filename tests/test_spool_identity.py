@@ -161,7 +161,8 @@ def test_adopt_moves_a_spool_to_a_new_api_key_and_url(tmp_path, capsys, aop_coll
     try:
         assert client.flush(timeout=30)
     finally:
-        assert client.stop(timeout=5)
+        stopped = client.stop(timeout=5)
+    assert stopped
     assert len(aop_collector.event_ids()) == 5
     with pytest.raises(ConfigError) as refused:
         AOPClient(config(spool=spool, salt=aop_collector.org_salt_key)).start()

@@ -85,7 +85,8 @@ def test_two_applications_given_one_spool_dir_each_deliver_to_their_own_server(t
     try:
         wait_until(lambda: col_a.event_ids() >= ids_a and col_b.event_ids() >= ids_b, timeout=30)
     finally:
-        assert app_a.stop(timeout=5) and app_b.stop(timeout=5)
+        stopped = [app_a.stop(timeout=5), app_b.stop(timeout=5)]
+    assert stopped == [True, True]
     assert col_a.event_ids() == ids_a and col_b.event_ids() == ids_b  # each at its own server, 0 lost
     assert_signed_by(col_a.events(), "salt-of-a", "salt-of-b")
     assert_signed_by(col_b.events(), "salt-of-b", "salt-of-a")
@@ -116,7 +117,8 @@ def test_a_rolling_salt_rotation_with_the_default_spool_drains_both_deployments(
         assert new.url == old.url
         wait_until(lambda: new.event_ids() >= ids_two, timeout=30)
     finally:
-        assert one.stop(timeout=5) and two.stop(timeout=5)
+        stopped = [one.stop(timeout=5), two.stop(timeout=5)]
+    assert stopped == [True, True]
     assert old.event_ids() == ids_one and new.event_ids() == ids_two
     assert_signed_by(old.events(), "salt-one", "salt-two")
     assert_signed_by(new.events(), "salt-two", "salt-one")
@@ -149,7 +151,8 @@ def test_the_earlier_default_spool_is_picked_up_by_an_upgraded_client(tmp_path, 
     try:
         assert client.flush(timeout=30)
     finally:
-        assert client.stop(timeout=5)
+        stopped = client.stop(timeout=5)
+    assert stopped
     assert aop_collector.event_ids() == ids
     assert not legacy.exists() and read_identity(client.config.spool_path) is not None
 
@@ -168,7 +171,8 @@ def test_the_earlier_default_spool_stays_for_a_deployment_with_another_salt(tmp_
         try:
             assert fresh.flush(timeout=30)
         finally:
-            assert fresh.stop(timeout=5)
+            stopped = fresh.stop(timeout=5)
+    assert stopped
     assert rotated.event_ids() == mine  # none of the other salt's events was sent under salt-new
     assert legacy.is_dir() and any(f"aop flush --spool {legacy}" in r.getMessage() for r in caplog.records)
     with DiskStore(legacy) as store:
