@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 import orjson
 
 from .config import ClientConfig
-from .errors import AOPError, ValidationError
+from .errors import AOPError, ConfigError, ValidationError
 from .events import validate_envelope
 from .signing import signed_body
 from .trace_builder import TraceBuilder
@@ -84,15 +84,20 @@ class AOPClient:
 
     @property
     def store(self) -> Any:
-        """The durable store behind this client (opened on first use, reopened after fork)."""
+        """The durable store behind this client (opened on first use, reopened after fork).
+
+        Opening it checks the spool's binding (:mod:`aop_client.spool_identity`): a spool of
+        other credentials raises ConfigError, from ``start()`` or the first ``emit_event()``.
+        """
         store = self._store
         if store is None or self._store_pid != os.getpid():
             with self._lock:
                 if self._store is None or self._store_pid != os.getpid():
+                    from .spool_identity import open_bound
                     from .store import DiskStore
 
                     c = self.config
-                    self._store = DiskStore(
+                    self._store = open_bound(c, lambda: DiskStore(  # ConfigError: another destination's spool
                         c.spool_path,
                         durability=c.durability,
                         max_events=c.max_buffer_size,
@@ -102,7 +107,7 @@ class AOPClient:
                         retention_seconds=c.retention_seconds,
                         retention_bytes=c.retention_bytes,
                         max_event_bytes=c.max_event_bytes,
-                    )
+                    ))
                     self._store_pid = os.getpid()
                 store = self._store
         return store
@@ -130,6 +135,8 @@ class AOPClient:
             )
         try:
             result = self.store.append(event_id, run_id, event["seq"], body)
+        except ConfigError:  # a spool bound to other credentials: a misconfiguration, raised
+            raise
         except AOPError as exc:  # the store counts its own drops; this is the last guard
             self._drop("store_error", exc)
             return EmitResult(False, event_id, run_id, reason="store_error")

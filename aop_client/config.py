@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["ClientConfig", "default_spool_root"]
+__all__ = ["ClientConfig", "default_spool_root", "normalized_base_url"]
 
 RedactionHook = Callable[[dict], Optional[dict]]
 PreSendHook = Callable[[dict], None]
@@ -40,6 +41,36 @@ def default_spool_root() -> Path:
     """The folder under which default spool directories live ($XDG_STATE_HOME or ~/.local/state)."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(state) / "aop_client" / "spool"
+
+
+def normalized_base_url(url: str) -> str:
+    """base_url as the spool identity compares it: scheme and host lower-case, no default port,
+    no user info, no trailing slash (``HTTP://Host:80/`` and ``http://host`` name one server)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{host}{path}{query}"
+
+
+def default_spool_tag(base_url: str, api_key: str, org_salt_key: Optional[str]) -> str:
+    """The folder name of a default spool: 16 hex digits of SHA-256 over (base_url, api_key, salt).
+
+    The salt is part of it, so two deployments rotating ``org_salt_key`` (same server, same
+    key) get two spools, each drained with its own salt. (Earlier releases made the tag of
+    base_url and api_key only: :mod:`aop_client.spool_identity` moves such spools.)
+    """
+    text = json.dumps(["aop-client default spool v2", normalized_base_url(base_url), api_key, org_salt_key])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -129,11 +160,10 @@ class ClientConfig:
 
     @property
     def spool_path(self) -> Path:
-        """Where the durable store lives: spool_dir, or a default per (base_url, api_key) pair."""
+        """Where the durable store lives: spool_dir, or a default per (base_url, api_key, org_salt_key)."""
         if self.spool_dir:
             return Path(self.spool_dir)
-        tag = hashlib.sha256(f"{self.base_url}\n{self.api_key}".encode()).hexdigest()[:16]
-        return default_spool_root() / tag
+        return default_spool_root() / default_spool_tag(self.base_url, self.api_key, self.org_salt_key)
 
     @property
     def effective_streaming_url(self) -> Optional[str]:

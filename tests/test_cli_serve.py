@@ -67,7 +67,7 @@ def test_serve_receives_a_flush_and_stops_cleanly_on_sigterm(tmp_path: Path, env
                          "--db", str(db))
     try:
         spool = tmp_path / "spool"
-        made = fill_spool(spool, 5, key="serve-salt")
+        made = fill_spool(spool, 5, key="serve-salt", base_url=server.url, api_key="serve-key")
         result = run_aop("flush", "--spool", str(spool), "--base-url", server.url, "--api-key", "serve-key",
                          "--key", "serve-salt", "--timeout", "30", env=env)
         assert result.returncode == 0 and "5 delivered" in result.stdout, result.stderr
@@ -88,7 +88,7 @@ def test_serve_fault_options_reach_the_client(tmp_path: Path, env: dict[str, str
                          "--fault-rate-503", "1", "--fault-seed", "7", "--retry-after", "0")
     try:
         spool = tmp_path / "spool"
-        fill_spool(spool, 2, key="s")
+        fill_spool(spool, 2, key="s", base_url=server.url, api_key="k")
         result = run_aop("flush", "--spool", str(spool), "--base-url", server.url, "--api-key", "k", "--key", "s",
                          "--timeout", "1", "--quiet", env=env)
         assert_error_line(result, EXIT_SERVER, "2 events remain undelivered", "503")

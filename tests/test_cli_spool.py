@@ -17,9 +17,13 @@ from test_cli import (  # noqa: F401  (env is a fixture)
 )
 
 
-def fill_spool(spool: Path, n: int, *, key: str = TEST_ORG_SALT_KEY, base_url: str = "http://127.0.0.1:9") -> dict:
-    """Emit ``n`` signed events into ``spool`` through the public API (no flusher); return run_id and ids."""
-    client = AOPClient(ClientConfig(api_key=TEST_API_KEY, base_url=base_url, org_salt_key=key,
+def fill_spool(spool: Path, n: int, *, key: str = TEST_ORG_SALT_KEY, base_url: str = "http://127.0.0.1:9",
+               api_key: str = TEST_API_KEY) -> dict:
+    """Emit ``n`` signed events into ``spool`` through the public API (no flusher); return run_id and ids.
+
+    The spool is bound to (base_url, api_key, key): only a flush with these credentials may send it.
+    """
+    client = AOPClient(ClientConfig(api_key=api_key, base_url=base_url, org_salt_key=key,
                                     spool_dir=str(spool), agent_id=5))
     builder = client.trace_builder
     ids = []
@@ -110,7 +114,7 @@ def test_status_refuses_a_file_as_spool(tmp_path: Path, env: dict[str, str]) -> 
 def test_flush_delivers_everything_and_exits_0(tmp_path: Path, env: dict[str, str], aop_collector: Any) -> None:
     """flush sends every stored event to the server and leaves nothing pending."""
     spool = tmp_path / "spool"
-    made = fill_spool(spool, 12)
+    made = fill_spool(spool, 12, base_url=aop_collector.url)
     result = run_aop("flush", *server_args(aop_collector, spool), "--timeout", "30", env=env)
     assert result.returncode == 0, result.stderr
     assert "12 delivered" in result.stdout
@@ -122,8 +126,8 @@ def test_flush_delivers_everything_and_exits_0(tmp_path: Path, env: dict[str, st
 def test_flush_to_an_unreachable_server_exits_3_and_keeps_events(tmp_path: Path, env: dict[str, str]) -> None:
     """No server: exit 3 with the connection error, and every event is still stored."""
     spool = tmp_path / "spool"
-    fill_spool(spool, 4)
     url = closed_port_url()
+    fill_spool(spool, 4, base_url=url, api_key="k", key="s")
     result = run_aop("flush", "--spool", str(spool), "--base-url", url, "--api-key", "k", "--key", "s",
                      "--timeout", "1", "--quiet", env=env)
     assert_error_line(result, EXIT_SERVER, "4 events remain undelivered", "refused")
@@ -135,7 +139,7 @@ def test_flush_with_a_wrong_api_key_exits_3_and_keeps_events(tmp_path: Path, env
                                                              aop_collector: Any) -> None:
     """The server answers 401: exit 3, nothing delivered, nothing lost."""
     spool = tmp_path / "spool"
-    fill_spool(spool, 3)
+    fill_spool(spool, 3, base_url=aop_collector.url, api_key="wrong")
     result = run_aop("flush", "--spool", str(spool), "--base-url", aop_collector.url, "--api-key", "wrong",
                      "--key", aop_collector.org_salt_key, "--timeout", "1", env=env)
     assert_error_line(result, EXIT_SERVER, "3 events remain undelivered", "401")
@@ -153,9 +157,15 @@ def test_flush_of_a_missing_spool_is_bad_input(tmp_path: Path, env: dict[str, st
 
 @pytest.fixture
 def dead_spool(tmp_path: Path, env: dict[str, str], aop_collector: Any) -> dict:
-    """A spool whose 3 events the collector refused (signed with a wrong key): 3 dead letters."""
+    """A spool whose 3 events the collector refused (signed with a wrong key): 3 dead letters.
+
+    The events were stored under another salt, so the spool is adopted for the collector's
+    credentials on purpose (``--force``) before the flush sends them.
+    """
     spool = tmp_path / "spool"
-    made = fill_spool(spool, 3, key="not-the-org-key")
+    made = fill_spool(spool, 3, key="not-the-org-key", base_url=aop_collector.url)
+    adopted = run_aop("spool", "adopt", *server_args(aop_collector, spool), "--force", env=env)
+    assert adopted.returncode == 0, adopted.stderr
     result = run_aop("flush", *server_args(aop_collector, spool), "--timeout", "30", env=env)
     assert_error_line(result, EXIT_UNDELIVERED, "refused 3 events")
     return {**made, "spool": spool}
@@ -217,7 +227,7 @@ def test_flush_while_another_process_is_the_flusher(tmp_path: Path, env: dict[st
 
     failing = aop_collector_factory(faults=FaultConfig(rate_503=1.0, retry_after=None, seed=1))
     spool = tmp_path / "spool"
-    fill_spool(spool, 3)
+    fill_spool(spool, 3, base_url=failing.url)
     holder = AOPClient(ClientConfig(api_key=failing.api_key, base_url=failing.url, org_salt_key=failing.org_salt_key,
                                     spool_dir=str(spool), batch_interval=0.05, retry_backoff_base=0.05,
                                     retry_backoff_max=0.2)).start()

@@ -144,6 +144,16 @@ def test_default_spool_depends_on_server_and_key(tmp_path, monkeypatch):
     assert ClientConfig(spool_dir="/srv/spool").spool_path.as_posix() == "/srv/spool"
 
 
+def test_default_spool_depends_on_the_salt_too(tmp_path, monkeypatch):
+    """A rolling salt rotation (same server and key, two salts) gives two default spools; a base_url
+    written differently for the same server gives the same one."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    paths = {ClientConfig(api_key="a", org_salt_key=salt).spool_path for salt in (None, "s1", "s2")}
+    assert len(paths) == 3
+    assert ClientConfig(base_url="HTTP://LocalHost:8000/", org_salt_key="s1").spool_path == \
+        ClientConfig(base_url="http://localhost:8000", org_salt_key="s1").spool_path
+
+
 def test_streaming_url_derived_from_base_url():
     """Without streaming_url the WebSocket URL follows base_url's host and TLS."""
     assert ClientConfig(base_url="https://aop.example:8443").effective_streaming_url == \

@@ -2,7 +2,7 @@
 
 Commands (one module each): ``demo`` (:mod:`.demo_cmd`), ``serve`` (:mod:`.serve`),
 ``status``, ``flush``, ``dead-letters list|retry|purge`` (:mod:`.spool`),
-``replay``, ``export``, ``verify`` (:mod:`.files`). Settings come from the
+``replay``, ``export``, ``verify`` (:mod:`.files`), ``spool adopt`` (:mod:`.spool_adopt`). Settings come from the
 ``AOP_*`` variables (``ClientConfig.from_env``); options override them.
 
 Errors are one line on stderr, ``aop: error: <what and which value>``, and no
@@ -35,6 +35,7 @@ from .demo_cmd import demo
 from .files import export, replay, verify
 from .serve import serve
 from .spool import dead_letters, flush, status
+from .spool_adopt import spool_group
 
 __all__ = ["main", "cli", "CliError"]
 
@@ -48,7 +49,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (demo, serve, status, flush, replay, export, verify, dead_letters):
+for _command in (demo, serve, status, flush, replay, export, verify, dead_letters, spool_group):
     cli.add_command(_command)
 
 

@@ -26,7 +26,7 @@ from ..errors import (
 
 __all__ = [
     "EXIT_OK", "EXIT_UNDELIVERED", "EXIT_BAD_INPUT", "EXIT_SERVER", "EXIT_DAMAGED",
-    "CliError", "exit_code_for", "build_config", "open_store", "spool_options", "server_options",
+    "CliError", "exit_code_for", "build_config", "open_store", "open_bound_store", "spool_options", "server_options",
 ]
 
 EXIT_OK = 0
@@ -108,6 +108,13 @@ def open_store(config: Any, *, inspect: bool = False) -> Any:
         return DiskStore(path)
     except StoreError as e:
         raise CliError(f"cannot open spool {str(path)!r}: {e}", EXIT_BAD_INPUT) from e
+
+
+def open_bound_store(config: Any) -> Any:
+    """open_store, for a command that sends: refused (ConfigError) when the spool belongs to other credentials."""
+    from ..spool_identity import open_bound
+
+    return open_bound(config, lambda: open_store(config))
 
 
 def spool_options(func: Any) -> Any:

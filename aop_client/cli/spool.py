@@ -16,6 +16,7 @@ from ._common import (
     EXIT_UNDELIVERED,
     CliError,
     build_config,
+    open_bound_store,
     open_store,
     server_options,
     spool_options,
@@ -109,7 +110,7 @@ def flush(spool: Optional[str], base_url: Optional[str], api_key: Optional[str],
     from ..client import AOPClient
 
     config = build_config(spool, base_url, api_key, key)
-    store = open_store(config)
+    store = open_bound_store(config)
     try:
         total = _undelivered(store)
         dead_before = store.stats().dead_letters
@@ -210,7 +211,7 @@ def _ids(ids: tuple[str, ...]) -> Optional[list[str]]:
 @click.option("--id", "ids", multiple=True, metavar="EVENT_ID", help="retry only these (repeatable); default all")
 def dl_retry(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], ids: tuple[str, ...]) -> None:
     """Return dead letters to pending; the next flush (or `aop flush`) sends them again."""
-    store = open_store(build_config(spool, base_url, api_key))
+    store = open_store(build_config(spool, base_url, api_key))  # sends nothing: the spool's own flusher will
     try:
         n = store.retry_dead_letters(_ids(ids))
     finally:

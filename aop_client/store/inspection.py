@@ -62,6 +62,23 @@ class InspectionMixin:
         return iter(events)
 
     @translated
+    def sample_undelivered(self, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` undelivered events, the oldest and the newest half, read without leasing.
+
+        For checks over a backlog, such as which key signed it (the spool identity); no state changes.
+        """
+        self._check_pid()
+        conn = self._db()
+        half = max(1, int(limit) // 2)
+        where = f"state IN ({','.join(str(s) for s in state.UNDELIVERED)})"
+        with self._lock:
+            self._ingest_everything(conn)
+            rows = {r[0]: r for order in ("ASC", "DESC") for r in conn.execute(
+                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY ord {order} LIMIT ?",
+                (half,))}
+            return self._materialize(conn, [rows[k] for k in sorted(rows)])
+
+    @translated
     def dead_letters(self) -> list[DeadLetter]:
         """Every dead letter currently kept."""
         self._check_pid()

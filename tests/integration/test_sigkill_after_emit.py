@@ -26,14 +26,18 @@ def run_emitter(tmp_path, url: str, *args: str, timeout: float = 60) -> subproce
 
 
 @pytest.mark.parametrize("server", ["down", "up"])
-def test_events_of_a_killed_process_are_delivered_by_a_later_one(tmp_path, aop_collector, server):
-    """The emitting process (itself the flusher) dies by SIGKILL after its last emit; a later process delivers all."""
-    url = aop_collector.url if server == "up" else f"http://127.0.0.1:{support.free_port()}"
+def test_events_of_a_killed_process_are_delivered_by_a_later_one(tmp_path, aop_collector_factory, server):
+    """The emitting process (itself the flusher) dies by SIGKILL after its last emit; a later process delivers all
+    (with the server down, once it is back on the same URL: the spool is bound to it)."""
+    port = support.free_port()
+    aop_collector = aop_collector_factory(port=port) if server == "up" else None
+    url = f"http://127.0.0.1:{port}"
     died = run_emitter(tmp_path, url, "emit-and-die", str(EVENTS))
     assert died.returncode == -9, died.stderr[-2000:]
     emitted = {eid for _, eid in support.read_id_log(tmp_path / "ids.log")}
     assert len(emitted) == EVENTS
-    later = run_emitter(tmp_path, aop_collector.url, "drain")
+    aop_collector = aop_collector or aop_collector_factory(port=port)
+    later = run_emitter(tmp_path, url, "drain")
     assert later.returncode == 0, later.stderr[-2000:]
     assert json.loads(later.stdout.splitlines()[-1]) == {"drained": True, "pending": 0}
     assert aop_collector.event_ids() == emitted

@@ -1,0 +1,344 @@
+"""The spool identity: which destination a spool directory's events belong to, and its checks.
+
+A spool holds events emitted under one set of credentials, and its elected
+flusher sends them with its own ``base_url``, ``api_key`` and
+``org_salt_key``. So a spool is bound to one destination: on first use the
+client writes ``<spool>/identity.json`` (0600, created exclusively, never
+following a link) holding the normalized ``base_url`` in clear and, for each
+secret, a keyed fingerprint ``HMAC-SHA256(key=secret, msg=label + nonce + key length)``
+with a random per-spool nonce (or ``null`` for no salt). No secret is written.
+
+Every path that opens a spool to send from it goes through :func:`open_bound`
+(``AOPClient.store``, ``aop flush``; ``aop dead-letters retry`` sends nothing): a client
+whose credentials differ gets a :class:`~aop_client.errors.ConfigError` that
+names the differing fields (never a secret or a fingerprint) and says how to
+pick another ``spool_dir`` or adopt the spool on purpose (``aop spool adopt``,
+:func:`adopt`).
+
+A spool without an identity file (made by an earlier release) is bound by the
+first client whose ``org_salt_key`` verifies a sample of its undelivered
+events (or, without a salt, that finds them unsigned); otherwise it is refused.
+The earlier default spool path (a tag over base_url and api_key only) is moved
+to the new default path on first use when it passes the same check and no
+flusher holds it (:func:`migrate_legacy_default`); else it stays where it was
+and a warning says how to drain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import orjson
+
+from .config import default_spool_root, normalized_base_url
+from .errors import ConfigError, SignatureError, StoreError
+from .signing import verify_event
+
+__all__ = ["IDENTITY_FILE", "make_identity", "differing_fields", "read_identity", "write_identity",
+           "open_bound", "ensure_bound", "foreign_signatures", "adopt", "legacy_default_path",
+           "migrate_legacy_default"]
+
+log = logging.getLogger("aop_client")
+
+IDENTITY_FILE = "identity.json"
+FORMAT = 1
+SAMPLE = 64  # undelivered events whose signatures are checked before binding or adopting
+_FIELDS = ("base_url", "api_key", "org_salt_key")
+_MAX_FILE = 64 * 1024
+_checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
+
+
+def _fingerprint(secret: Optional[str], label: str, nonce: str) -> Optional[str]:
+    if secret is None:
+        return None
+    key = secret.encode("utf-8", "surrogatepass")
+    # The key's length is in the message: HMAC pads short keys with zero bytes and hashes long ones,
+    # so "k" and "k\0" (or a long key and its SHA-256) would otherwise share a fingerprint.
+    message = f"aop-client spool identity v1\0{label}\0{nonce}\0{len(key)}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
+    """The identity document of ``config``'s destination (base_url in clear, secrets fingerprinted)."""
+    nonce = nonce or secrets.token_hex(16)
+    return {
+        "format": FORMAT,
+        "base_url": normalized_base_url(config.base_url),
+        "nonce": nonce,
+        "api_key": _fingerprint(config.api_key, "api_key", nonce),
+        "org_salt_key": _fingerprint(config.org_salt_key, "org_salt_key", nonce),
+    }
+
+
+def differing_fields(identity: dict, config: Any) -> list[str]:
+    """The names of the fields of ``config`` that do not match ``identity`` (empty: the same destination)."""
+    mine = make_identity(config, str(identity.get("nonce", "")))
+    out = []
+    for name in _FIELDS:
+        theirs, ours = identity.get(name), mine[name]
+        if theirs is None or ours is None:
+            same = theirs is None and ours is None
+        else:
+            same = isinstance(theirs, str) and hmac.compare_digest(theirs.encode(), ours.encode())
+        if not same:
+            out.append(name)
+    return out
+
+
+def _path(directory: "str | os.PathLike[str]") -> str:
+    return os.path.join(os.fspath(directory), IDENTITY_FILE)
+
+
+def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
+    """The identity of a spool directory, or None when it has none (yet); StoreError if it is unsafe or damaged."""
+    path = _path(directory)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"cannot read spool identity {path!r} ({e.strerror}); it must be a regular "
+                         "file, not a link: remove it and run `aop spool adopt`") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
+            raise StoreError(f"spool identity {path!r} is not a small regular file; "
+                             "remove it and run `aop spool adopt`")
+        raw = os.read(fd, _MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or value.get("format") != FORMAT or not isinstance(value.get("nonce"), str):
+        raise StoreError(f"spool identity {path!r} is damaged or of an unknown format; "
+                         "`aop spool adopt --spool DIR` writes a new one")
+    return value
+
+
+def write_identity(directory: "str | os.PathLike[str]", identity: dict, *, replace: bool = False) -> bool:
+    """Write the identity file atomically (0600, O_EXCL, O_NOFOLLOW, then link or rename).
+
+    Without ``replace`` the file is only created: returns False when another process bound
+    the spool first (the caller re-reads it). With ``replace`` it is swapped in by rename.
+    """
+    directory = os.fspath(directory)
+    tmp = os.path.join(directory, f".{IDENTITY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, orjson.dumps(identity, option=orjson.OPT_INDENT_2) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.rename(tmp, _path(directory))
+        else:
+            try:
+                os.link(tmp, _path(directory))
+            except FileExistsError:
+                return False
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> ConfigError:
+    where = os.fspath(directory)
+    what = []
+    if "base_url" in fields:
+        what.append(f"base_url {normalized_base_url(config.base_url)!r} is not its {identity.get('base_url')!r}")
+    what += [f"the {name} differs" for name in fields if name != "base_url"]
+    err = ConfigError(
+        f"spool_dir {where!r} holds the events of another destination: {', '.join(what)}. "
+        "Each application (server, api_key, org_salt_key) needs its own spool: set spool_dir "
+        "(AOP_SPOOL_DIR) to another directory, or leave it unset for the default one of these "
+        f"credentials. To move this spool to these credentials on purpose (key rotation), run "
+        f"`aop spool adopt --spool {where}` with them (see docs/operations.md).",
+        field=fields[0], value=None)
+    err.fields = tuple(fields)
+    return err
+
+
+def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
+    """Raise ConfigError when the spool is bound to another destination; True when bound to ours."""
+    identity = read_identity(directory)
+    if identity is None:
+        return False
+    fields = differing_fields(identity, config)
+    if fields:
+        raise _refusal(directory, identity, config, fields)
+    return True
+
+
+def foreign_signatures(store: Any, org_salt_key: Optional[str], limit: int = SAMPLE) -> tuple[int, int]:
+    """(sampled, not ours): how many sampled undelivered events do not verify under ``org_salt_key``.
+
+    Without a salt an event is ours when unsigned; with one, when its ``sig`` verifies.
+    """
+    events = store.sample_undelivered(limit)
+    foreign = 0
+    for event in events:
+        try:
+            value = orjson.loads(event.body)
+        except orjson.JSONDecodeError:
+            foreign += 1
+            continue
+        if org_salt_key is None:
+            foreign += isinstance(value, dict) and "sig" in value
+            continue
+        try:
+            verify_event(value, org_salt_key)
+        except SignatureError:
+            foreign += 1
+    return len(events), foreign
+
+
+def ensure_bound(store: Any, config: Any) -> None:
+    """Bind an unbound spool to ``config`` (when its backlog is signed with our salt), or check the binding."""
+    directory = store.directory
+    if refuse_other(directory, config):
+        return
+    sampled, foreign = foreign_signatures(store, config.org_salt_key)
+    if foreign:
+        salt = "unsigned" if config.org_salt_key is None else "signed with this org_salt_key"
+        err = ConfigError(
+            f"spool_dir {directory!r} has no identity yet and {foreign} of {sampled} sampled undelivered "
+            f"events in it are not {salt}: they were stored by another deployment. Use another spool_dir "
+            f"(AOP_SPOOL_DIR), drain this one with `aop flush --spool {directory}` under the credentials "
+            f"that stored them, or `aop spool adopt --spool {directory} --force` (see docs/operations.md).",
+            field="org_salt_key", value=None)
+        err.fields = ("org_salt_key",)
+        raise err
+    if not write_identity(directory, make_identity(config)):
+        refuse_other(directory, config)  # another process bound it first: it must be ours too
+
+
+def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
+    """Open the store of ``config.spool_path`` with ``opener()`` and check (or make) its binding.
+
+    The one gate of every sender: a spool bound to other credentials is refused before it is
+    opened, and an unbound one is bound (or refused) before anything is sent from it.
+    """
+    path = Path(config.spool_path)
+    if not config.spool_dir:
+        migrate_legacy_default(config)
+    if path.is_dir():
+        refuse_other(path, config)
+    store = opener()
+    try:
+        ensure_bound(store, config)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def adopt(store: Any, config: Any, *, force: bool = False, before: Optional[Callable[[], None]] = None) -> dict:
+    """Rebind a spool to ``config``'s credentials (key rotation); returns what changed.
+
+    ``before`` runs once it is known that something changes, before anything is checked or
+    written (the command refuses there while a flusher holds the spool).
+
+    Refused (ConfigError) while sampled undelivered events are not signed with the new salt,
+    unless ``force``: such events would be refused by a server that verifies the new salt.
+    """
+    old = read_identity(store.directory)
+    changed = _FIELDS if old is None else tuple(differing_fields(old, config))
+    if not changed:
+        return {"changed": [], "previous_identity": True, "sampled": 0, "foreign": 0}
+    if before is not None:
+        before()
+    sampled, foreign = foreign_signatures(store, config.org_salt_key)
+    if foreign and not force:
+        err = ConfigError(
+            f"{foreign} of {sampled} sampled undelivered events in {store.directory!r} are not "
+            f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
+            "a server checking the new salt would refuse them. Drain them first with `aop flush` "
+            "under the old credentials, or pass --force to adopt anyway.",
+            field="org_salt_key", value=None)
+        err.fields = ("org_salt_key",)
+        raise err
+    write_identity(store.directory, make_identity(config), replace=True)
+    return {"changed": list(changed), "previous_identity": old is not None,
+            "sampled": sampled, "foreign": foreign}
+
+
+def legacy_default_path(config: Any) -> Path:
+    """The default spool path of earlier releases: a tag over base_url and api_key only."""
+    tag = hashlib.sha256(f"{config.base_url}\n{config.api_key}".encode()).hexdigest()[:16]
+    return default_spool_root() / tag
+
+
+def migrate_legacy_default(config: Any) -> bool:
+    """Move the earlier default spool to ``config.spool_path`` when it is this deployment's; True if moved.
+
+    Moved (one rename, nothing copied) only when the new path does not exist yet, the old one is
+    a directory of ours with no identity or ours, no flusher holds it, and its sampled undelivered
+    events verify with our salt. Otherwise it stays; a process checks it once, and warns once
+    when it still holds undelivered events.
+    """
+    old, new = legacy_default_path(config), Path(config.spool_path)
+    if old == new or (old, new) in _checked_legacy or not old.is_dir() or old.is_symlink():
+        return False
+    _checked_legacy.add((old, new))
+    why, undelivered = _legacy_blocker(old, new, config)
+    if why is None:
+        try:
+            os.rename(old, new)
+            log.info("aop_client moved the earlier default spool %s to %s", old, new)
+            return True
+        except OSError as e:
+            if not old.exists():  # another process of this deployment moved it first
+                return False
+            why = f"it could not be moved ({e.strerror})"
+    if undelivered:
+        log.warning("aop_client left the earlier default spool %s (%s undelivered events) in place: %s. "
+                    "`aop status --spool %s` shows them; `aop flush --spool %s` with the credentials that "
+                    "stored them delivers them (see docs/operations.md)", old, undelivered, why, old, old)
+    return False
+
+
+def _legacy_blocker(old: Path, new: Path, config: Any) -> tuple[Optional[str], Optional[int]]:
+    """(why the earlier default spool must not be moved to ``new`` or None, its undelivered events or None)."""
+    from .election import FlusherElection
+    from .store import DiskStore
+
+    if os.lstat(old).st_uid != os.geteuid():
+        return "it belongs to another user", None
+    undelivered = None
+    try:
+        with DiskStore(old) as store:
+            st = store.stats()
+            undelivered = st.pending + st.in_flight + st.fallback
+            if new.exists():
+                return f"{new} exists already", undelivered
+            with FlusherElection(old) as election:
+                holder = election.holder()
+            if holder and holder.get("alive"):
+                return f"process {holder.get('pid')} is its flusher", undelivered
+            refuse_other(old, config)
+            sampled, foreign = foreign_signatures(store, config.org_salt_key)
+    except ConfigError:
+        return "it is bound to other credentials", undelivered
+    except StoreError as e:
+        return f"it cannot be opened ({e})", None
+    if foreign:
+        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", undelivered
+    return None, undelivered
