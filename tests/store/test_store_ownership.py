@@ -354,6 +354,21 @@ def test_a_foreign_index_is_set_aside_and_the_index_rebuilt_from_our_segments(tm
     assert [os.lstat(p).st_uid for p in aside] == [NOBODY]
 
 
+def test_an_identity_file_of_another_uid_is_refused(tmp_path) -> None:
+    """identity.json decides where events go: one that another uid owns is never trusted."""
+    from aop_client.spool_identity import IDENTITY_FILE
+
+    spool = tmp_path / "spool"
+    config = ClientConfig(api_key=TEST_API_KEY, base_url="http://127.0.0.1:9", org_salt_key=TEST_ORG_SALT_KEY,
+                          spool_dir=str(spool))
+    client = AOPClient(config)
+    assert client.emit_event(client.trace_builder.create_action_request(action="a", params={}))
+    client.store.close()
+    os.chown(spool / IDENTITY_FILE, NOBODY, NOBODY)
+    with pytest.raises(StoreError, match=f"belongs to uid {NOBODY}"):
+        AOPClient(config).store
+
+
 # -- root's read-only inspection -----------------------------------------------------------------------------
 
 def _worker(spool: str) -> None:
