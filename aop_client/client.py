@@ -380,7 +380,7 @@ class AOPClient:
             out["store_error"] = str(exc)
             return out
         for name in ("pending", "in_flight", "delivered_retained", "dead_letters", "fallback",
-                     "quarantined", "bytes_on_disk", "oldest_pending_age"):
+                     "quarantined", "foreign_files", "bytes_on_disk", "oldest_pending_age"):
             out[name] = getattr(st, name)
         for reason, n in st.dropped.items():
             out["dropped"][reason] = max(out["dropped"].get(reason, 0), n)

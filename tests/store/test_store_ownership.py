@@ -322,6 +322,7 @@ def test_a_foreign_segment_is_never_delivered_to_a_real_collector(tmp_path, aop_
     assert client.flush(timeout=30)
     run = [e.event_id for e in client.store.iter_run(client.trace_builder.run_id)]
     stats = client.store.stats()
+    assert client.get_stats()["foreign_files"] == 1
     client.stop(timeout=5)
     assert aop_collector.event_ids() == set(ours)
     assert not set(run) & set(forged)
