@@ -5,9 +5,11 @@ foreign segment and index files, and root's read-only inspection. Runs as root (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import stat
 import tempfile
@@ -372,19 +374,35 @@ def test_an_identity_file_of_another_uid_is_refused(tmp_path) -> None:
 
 # -- root's read-only inspection -----------------------------------------------------------------------------
 
-def _worker(spool: str) -> None:
-    """What a worker does to its spool: emit 9 events, deliver 3 (the index's changes stay in its live WAL)."""
+def _held_worker(spool: str, ready, done_fd: int) -> None:
+    """What a worker does to its spool: emit 9 events, deliver 3, and keep the store (and its live WAL) open."""
     store = DiskStore(spool)
     for i in range(9):
         assert store.append(f"w{i}", "run", i, b'{"x": 1}').stored
     epoch = store.begin_epoch()
     batch = store.lease(3, 1 << 20)
     store.ack([e.ref for e in batch], epoch=epoch)
+    ready()
+    os.read(done_fd, 1)
 
 
-@pytest.fixture
-def worker_spool():
-    """A spool made and held open by a real process running as uid 65534 (forked, then setuid)."""
+def _busy_worker(spool: str, ready, done_fd: int) -> None:
+    """A worker that keeps emitting and delivering rounds of 20, reopening its store each round (closing the
+    last connection checkpoints the WAL and deletes it, so the index file and the log change all the time)."""
+    n = 0
+    while n == 0 or not select.select([done_fd], [], [], 0)[0]:
+        with DiskStore(spool) as store:
+            for _ in range(20):
+                assert store.append(f"b{n}", "run", n, b'{"x": 1}').stored
+                n += 1
+            _drain(store)
+        if n == 20:
+            ready()
+
+
+@contextlib.contextmanager
+def _worker_spool(work):
+    """A spool owned by uid 65534 and worked on by a real process of that uid (forked, then setuid)."""
     base = tempfile.mkdtemp(prefix="aop-owner-")
     os.chmod(base, 0o711)
     spool = os.path.join(base, "spool")
@@ -400,9 +418,7 @@ def worker_spool():
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-            _worker(spool)
-            os.write(ready_w, b"ready")
-            os.read(done_r, 1)  # hold the store (and its WAL) open until the test is done
+            work(spool, lambda: os.write(ready_w, b"ready"), done_r)
         except BaseException as e:  # report, never raise in the child
             os.write(ready_w, repr(e).encode())
         os._exit(0)
@@ -410,13 +426,20 @@ def worker_spool():
     os.close(done_r)
     try:
         assert os.read(ready_r, 4096) == b"ready"
-        assert os.path.exists(os.path.join(spool, "index.sqlite3-wal"))
         yield Path(spool)
     finally:
         os.close(done_w)
         os.waitpid(pid, 0)
         os.close(ready_r)
         shutil.rmtree(base)
+
+
+@pytest.fixture
+def worker_spool():
+    """A spool of uid 65534 held open by its worker, with 6 pending and 3 delivered events in a live WAL."""
+    with _worker_spool(_held_worker) as spool:
+        assert (spool / "index.sqlite3-wal").exists()
+        yield spool
 
 
 def test_root_inspects_a_workers_spool_read_only_and_writes_nothing(worker_spool, tmp_path) -> None:
@@ -448,3 +471,46 @@ def test_root_may_not_open_a_workers_spool_for_writing(worker_spool) -> None:
     with pytest.raises(StoreError, match=f"uid {NOBODY}"):
         FlusherElection(worker_spool).try_acquire()
     assert _tree(worker_spool) == before
+
+
+def test_root_inspection_reads_a_consistent_index_while_the_worker_checkpoints() -> None:
+    """Snapshots taken while the worker's index and WAL change under them: each opens, and counts only grow."""
+    from aop_client.store.readonly import ReadOnlyStore
+
+    with _worker_spool(_busy_worker) as spool:
+        delivered = []
+        for _ in range(40):
+            with ReadOnlyStore(spool) as view:
+                stats = view.stats()
+            assert stats.quarantined == 0 and stats.dead_letters == 0
+            delivered.append(stats.delivered_retained)
+    assert delivered == sorted(delivered) and delivered[-1] > delivered[0]  # never an older index than before
+
+
+def test_a_log_restarted_between_the_reads_of_a_snapshot_is_seen_and_read_again(tmp_path, monkeypatch) -> None:
+    """The worst moment, made to happen: right after the index file is read, the worker checkpoints, the log
+    restarts and new transactions land in it. The snapshot must notice and read again, not mix the two."""
+    from aop_client.store import readonly
+
+    spool = tmp_path / "spool"
+    store = DiskStore(spool)
+    _fill(store, 10)
+    assert len(_drain(store)) == 10  # in the log, not yet in the index file
+    real_read = readonly._read_file
+    struck = []
+
+    def read_then_strike(path: str, owner: int, limit: int | None = None):
+        data = real_read(path, owner, limit)
+        if path.endswith("index.sqlite3") and not struck:
+            struck.append(path)
+            store._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _fill(store, 5, prefix="late")
+            assert len(_drain(store)) == 5  # a restarted log holding only these
+        return data
+
+    monkeypatch.setattr(readonly, "_read_file", read_then_strike)
+    with readonly.ReadOnlyStore(spool) as view:
+        seen = view.stats()
+    assert struck
+    assert (seen.delivered_retained, seen.pending) == (15, 0) == (store.stats().delivered_retained, store.stats().pending)
+    store.close()
