@@ -27,14 +27,20 @@ from typing import Any, Optional
 
 import orjson
 
-from .core.failure_report import DELIVERY_KINDS, HINTS, Decision, ReportState, on_failure, on_success
+from .core.failure_report import DELIVERY_KINDS, HINTS, Decision, ReportState, failure_kind, on_failure, on_success
+from .core.outcome import Delivered
 
-__all__ = ["FailureReporter", "read_last_error", "write_last_error", "LAST_ERROR_FILE"]
+__all__ = ["FailureReporter", "read_last_error", "write_last_error", "dead_letters_text", "LAST_ERROR_FILE"]
 
 LAST_ERROR_FILE = "last_error.json"
 _MAX_FILE_BYTES = 64 * 1024
 
 log = logging.getLogger("aop_client.flusher")
+
+
+def dead_letters_text(n: int) -> str:
+    """What is said about dead letters (the server's reasons stay in the store: they may quote the events)."""
+    return f"the server refused {n} event(s) for good; `aop dead-letters list` shows its reasons"
 
 
 def write_last_error(directory: str, record: dict) -> None:
@@ -76,9 +82,11 @@ def read_last_error(directory: str) -> Optional[dict]:
 class FailureReporter:
     """Thread-safe holder of one flusher's :class:`ReportState`: logs what it decides, writes the file."""
 
-    def __init__(self, directory: Optional[str], logger: logging.Logger = log) -> None:
+    def __init__(self, directory: Optional[str], logger: logging.Logger = log, *, debug: bool = False) -> None:
         self.directory = directory
         self.log = logger
+        self.debug = debug
+        self._written: Optional[tuple] = None  # (kind, count) last written to the file
         self._state = ReportState()
         self._lock = threading.Lock()
 
@@ -103,6 +111,35 @@ class FailureReporter:
             self._state = decision.state
         self._apply(decision, now, recovered=True)
 
+    def write_now(self, now: float) -> None:
+        """Write the current failure down if the file does not show it yet (a flusher that stops calls this)."""
+        rec = self._state.last
+        if rec is not None and self.directory and self._written != (rec.kind, rec.count):
+            self._write(self._state, now, recovered=False)
+
+    def answer(self, attempt: Any, response: Any, outcome: Any, step: Any, latency: float, now: float) -> None:
+        """One batch answer: its outcome line (INFO with ``debug``, else DEBUG), then success or failure."""
+        delivered = isinstance(outcome, Delivered)
+        level = logging.INFO if self.debug else logging.DEBUG
+        if self.log.isEnabledFor(level):
+            status = response.status
+            self.log.log(level, "aop_client batch %s: %s, %d event(s), acknowledged %d, duplicates %d, rejected %d, "
+                         "%.1f ms%s", attempt.batch_id, "no answer" if status is None else f"HTTP {status}",
+                         len(attempt.event_ids), len(step.ack), outcome.duplicates if delivered else 0,
+                         len(step.dead), latency * 1000, "" if delivered else f" ({type(outcome).__name__.lower()})")
+        if delivered:
+            self.success(now)
+            if step.dead:
+                self.failure("rejected", dead_letters_text(len(step.dead)), now)
+            return
+        kind = failure_kind(response.status, response.headers, response.body, response.error, now=now)
+        if kind == "rejected":  # the server's text about refused events may quote their content
+            n = len(step.dead) + sum(map(len, step.halves))
+            self.failure(kind, f"HTTP {response.status} for a batch of {n} event(s) (split when it has more "
+                               "than one, else dead letters: `aop dead-letters list` shows why)", now)
+        else:
+            self.failure(kind, step.reason or type(outcome).__name__, now)
+
     def _apply(self, decision: Decision, now: float, *, recovered: bool) -> None:
         report = decision.report
         if report is not None:
@@ -124,5 +161,6 @@ class FailureReporter:
                       "recovered_at": None, "pid": os.getpid()}
         try:
             write_last_error(self.directory or "", record)
+            self._written = (record.get("kind"), record.get("count"))
         except OSError as e:  # reporting must never stop delivery
             self.log.debug("aop_client could not write %s: %s", LAST_ERROR_FILE, e)

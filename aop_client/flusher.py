@@ -54,9 +54,8 @@ from .core.backoff import RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
-from .core.failure_report import failure_kind
 from .core.outcome import Delivered, classify
-from .delivery_report import FailureReporter
+from .delivery_report import FailureReporter, dead_letters_text
 from .errors import ConfigError, FencedError, StoreError
 from .replay import write_trace_file
 from .send_pipeline import InOrder, SendPool
@@ -153,7 +152,7 @@ class Flusher:
         self._paused = False
         self.debug = bool(debug)
         directory = getattr(store, "directory", None)
-        self._reporter = FailureReporter(str(directory) if directory else None, log)
+        self._reporter = FailureReporter(str(directory) if directory else None, log, debug=self.debug)
         _live_flushers.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -167,7 +166,7 @@ class Flusher:
         self._flush_asked = self._flush_done = self._fallback_retried_for = 0
         self._counts = defaultdict(int)
         self._paused = False
-        self._reporter = FailureReporter(self._reporter.directory, log)
+        self._reporter = FailureReporter(self._reporter.directory, log, debug=self.debug)
         self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
@@ -251,6 +250,7 @@ class Flusher:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
+        self._reporter.write_now(self.clock())  # `aop status` shows the failure as it was when we stopped
         if not flush:
             return True
         return self._store_is_drained() if drained is None else drained
@@ -421,12 +421,7 @@ class Flusher:
                                    batch_event_ids=attempt.event_ids, now=now,
                                    error=response.error, truncated=response.truncated)
                 step = next_step(attempt, outcome, self.retry_policy, self.rng.random())
-                self._log_outcome(attempt, response.status, outcome, step, latency)
-                if isinstance(outcome, Delivered):
-                    self._reporter.success(now)
-                else:
-                    kind = failure_kind(response.status, response.headers, response.body, response.error, now=now)
-                    self._reporter.failure(kind, step.reason or type(outcome).__name__, now)
+                self._reporter.answer(attempt, response, outcome, step, latency, now)
                 in_order.wait_turn(ticket)
                 self._apply(step, by_id, attempt, outcome.duplicates if isinstance(outcome, Delivered) else 0, epoch)
                 if step.halves:
@@ -439,19 +434,6 @@ class Flusher:
                 if self._stop.wait(step.delay):
                     self._release(batch, attempted=True)
                     break
-
-    def _log_outcome(self, attempt: BatchAttempt, status: Optional[int], outcome: Any, step: Step,
-                     latency: float) -> None:
-        """One line per batch answer (INFO with ``debug``, else DEBUG): counts and latency, no content."""
-        level = logging.INFO if self.debug else logging.DEBUG
-        if not log.isEnabledFor(level):
-            return
-        delivered = isinstance(outcome, Delivered)
-        log.log(level, "aop_client batch %s: %s, %d event(s), acknowledged %d, duplicates %d, rejected %d, "
-                "%.1f ms%s", attempt.batch_id, f"HTTP {status}" if status is not None else "no answer",
-                len(attempt.event_ids), len(step.ack), outcome.duplicates if delivered else 0,
-                len(outcome.rejected) if delivered else 0, latency * 1000,
-                "" if step.reason is None or delivered else f" ({type(outcome).__name__.lower()}: {step.reason})")
 
     def _new_attempt(self, events: Sequence[StoredEvent]) -> BatchAttempt:
         ids = tuple(map(_EVENT_ID, events))
@@ -478,7 +460,7 @@ class Flusher:
                 self.store.dead_letter([e.ref for e in events], reason, epoch=epoch)
                 self._run_post_hooks(events, False)
             self._count("dead_letters", len(step.dead))
-            self._note_error(f"dead-lettered {len(step.dead)} event(s): {step.reason or step.dead[0][1]}")
+            self._note_error(dead_letters_text(len(step.dead)))
         if step.fallback:
             parked = by_id.of(step.fallback)
             self.store.fallback([e.ref for e in parked], epoch=epoch)

@@ -66,9 +66,10 @@ HINTS: Mapping[str, str] = {
                    "space and permissions",
 }
 
-#: The kinds :func:`failure_kind` returns: a delivery that works ends them (the others end only by time).
+#: The kinds a delivery that works ends (every kind :func:`failure_kind` returns but ``rejected``:
+#: events refused for good say nothing about the next batch). The others are only rate-limited.
 DELIVERY_KINDS = frozenset({"auth", "signature", "clock_skew", "refused", "dns", "tls", "timeout", "connection",
-                            "server", "throttled", "redirect", "bad_answer", "rejected"})
+                            "server", "throttled", "redirect", "bad_answer"})
 
 _REFUSED = re.compile(r"refused|Errno 111|ECONNREFUSED", re.I)
 _DNS = re.compile(r"NameResolution|resolve|getaddrinfo|Name or service not known|nodename", re.I)
