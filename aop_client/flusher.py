@@ -555,8 +555,8 @@ class Flusher:
             if self.on_error is not None:
                 try:
                     self.on_error(exc)
-                except Exception:
-                    log.exception("aop_client flusher on_error callback raised")
+                except Exception as e:  # no traceback: it would chain a hook's exception and its message
+                    self._reporter.failure("internal", f"on_error callback raised {type(e).__name__}", self.clock())
 
 
 class _BatchEvents:
