@@ -531,7 +531,7 @@ class Flusher:
             self._count("hook_errors")
             name = "pre_send_hook" if success is None else "post_send_hook"
             # type and hook name only: a hook's message may quote the event's content
-            self._note_error(f"{name} raised {type(e).__name__}", e, kind=f"{name}")
+            self._reporter.failure(name, f"{name} raised {type(e).__name__}", self.clock())
 
     def _store_is_drained(self) -> bool:
         try:
@@ -545,12 +545,11 @@ class Flusher:
         with self._lock:
             self._counts[name] += n
 
-    def _note_error(self, message: str, exc: BaseException | None = None, kind: str | None = None) -> None:
+    def _note_error(self, message: str, exc: BaseException | None = None) -> None:
         """Keep ``message`` as the last error; an exception is also reported (rate-limited, by kind)."""
         self._last_error = message
         if exc is not None:
-            if kind is None:
-                kind = "store" if isinstance(exc, (StoreError, OSError)) else "internal"
+            kind = "store" if isinstance(exc, (StoreError, OSError)) else "internal"
             self._reporter.failure(kind, message, self.clock())
             if self.on_error is not None:
                 try:
