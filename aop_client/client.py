@@ -4,7 +4,11 @@ It owns the emit path (validate, redact, sign, durable append: nothing here
 touches the network), the life cycle of the flusher thread (start, stop, fork,
 interpreter exit), run completion, replay files and the combined statistics.
 Transport failures never reach user code: they end up in ``get_stats()`` and
-the logs, and the events stay on disk until they are delivered.
+the logs, and the events stay on disk until they are delivered. An event the
+client drops (a redaction hook that raises or returns an invalid envelope, a
+store failure) is reported by reason and exception type only, rate-limited:
+a hook's message, or a ValidationError about its result, can quote the very
+value being redacted, so no such text reaches a log, ``last_error`` or a file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Iterable, Optional
 import orjson
 
 from .config import ClientConfig
+from .delivery_report import FailureReporter
 from .errors import AOPError, ConfigError, ValidationError
 from .events import validate_envelope
 from .signing import signed_body
@@ -78,6 +83,7 @@ class AOPClient:
         self._since_wakeup = 0
         self._run_completion: Optional[dict] = None  # the server's last run-completion answer
         self._replay_written: Optional[tuple] = None  # (run_id, next_seq) of the last replay file
+        self._drop_reporter = FailureReporter(None, log)  # rate-limited WARNINGs for dropped events
         _LIVE_CLIENTS.add(self)
 
     # ------------------------------------------------------------------ store
@@ -138,7 +144,7 @@ class AOPClient:
         except ConfigError:  # a spool bound to other credentials: a misconfiguration, raised
             raise
         except AOPError as exc:  # the store counts its own drops; this is the last guard
-            self._drop("store_error", exc)
+            self._drop("store_error", f"{type(exc).__name__}: {exc}", "store_error")
             return EmitResult(False, event_id, run_id, reason="store_error")
         if not result.stored:
             self._dropped[result.reason or "unknown"] += 1
@@ -163,11 +169,13 @@ class AOPClient:
 
         None from the hook drops the event; an exception, or a result that is no longer a
         valid envelope, drops and counts it: a broken hook never lets PII reach the disk.
+        Neither the exception's text nor the ValidationError's is kept (both may quote
+        the value being redacted).
         """
         try:
             out = hook(_copy_json(event))
         except Exception as exc:
-            self._drop("redaction_error", exc)
+            self._drop("redaction_error", f"redaction_hook raised {type(exc).__name__}", "redaction_hook")
             return None, "redaction_error"
         if out is None:
             self._dropped["redacted"] += 1
@@ -175,14 +183,16 @@ class AOPClient:
         try:
             validate_envelope(out)
         except ValidationError as exc:
-            self._drop("redaction_error", exc)
+            self._drop("redaction_error",
+                       f"redaction_hook returned an invalid envelope ({type(exc).__name__})", "redaction_hook")
             return None, "redaction_error"
         return out, None
 
-    def _drop(self, reason: str, exc: BaseException) -> None:
+    def _drop(self, reason: str, what: str, kind: str) -> None:
+        """Count a dropped event; ``what`` (no event content in it) becomes last_error and a rate-limited WARNING."""
         self._dropped[reason] += 1
-        self._last_error = f"{reason}: {type(exc).__name__}: {exc}"
-        log.warning("aop_client dropped an event (%s): %s", reason, exc)
+        self._last_error = f"{reason}: {what}"
+        self._drop_reporter.failure(kind, f"dropped an event ({reason}): {what}", time.time())
 
     def mark_delivered(self, event_ids: Iterable[str]) -> int:
         """Record events acknowledged on a stream as delivered, so no batch resends them.
@@ -248,6 +258,7 @@ class AOPClient:
             fallback_dir=c.local_fallback_dir if c.enable_local_fallback else None,
             pre_send_hook=c.pre_send_hook,
             post_send_hook=c.post_send_hook,
+            debug=c.debug,
         )
 
     def stop(self, timeout: float = 10.0, *, flush: bool = True) -> bool:
@@ -354,8 +365,16 @@ class AOPClient:
             self._started = False
             self.start()
 
+    #: The host-wide store's figures in get_stats() (None / 0 when the store cannot be read).
+    _STORE_STATS = ("pending", "in_flight", "delivered_retained", "dead_letters", "fallback",
+                    "quarantined", "foreign_files", "bytes_on_disk", "oldest_pending_age")
+
     def get_stats(self) -> dict[str, Any]:
-        """Counters of this client, its flusher (when started) and the host-wide store."""
+        """Counters of this client, its flusher (when started) and the host-wide store.
+
+        The keys are always the same: when the store cannot be read, its figures are
+        None (``dead_letters`` and ``fallback`` 0) and ``store_error`` says why.
+        """
         out: dict[str, Any] = {
             "emitted": self._counts["emitted"],
             "stored": self._counts["stored"],
@@ -365,6 +384,8 @@ class AOPClient:
             "is_flusher": False,
             "last_error": self._last_error,
             "run_id": self.trace_builder.run_id,
+            **{name: None for name in self._STORE_STATS if name not in ("dead_letters", "fallback")},
+            "store_error": None,
         }
         flusher = self._flusher
         if flusher is not None:
@@ -376,11 +397,10 @@ class AOPClient:
             out["last_error"] = fs.get("last_error") or out["last_error"]
         try:
             st = self.store.stats()
-        except AOPError as exc:
-            out["store_error"] = str(exc)
+        except (AOPError, OSError) as exc:
+            out["store_error"] = f"{type(exc).__name__}: {exc}"
             return out
-        for name in ("pending", "in_flight", "delivered_retained", "dead_letters", "fallback",
-                     "quarantined", "foreign_files", "bytes_on_disk", "oldest_pending_age"):
+        for name in self._STORE_STATS:
             out[name] = getattr(st, name)
         for reason, n in st.dropped.items():
             out["dropped"][reason] = max(out["dropped"].get(reason, 0), n)

@@ -125,6 +125,9 @@ class ClientConfig:
     org_salt_key: Optional[str] = None
     verify_ssl: bool = True
 
+    # Diagnostics
+    debug: bool = False  # log every batch outcome at INFO (status, counts, latency; never event content)
+
     # Hooks
     redaction_hook: Optional[RedactionHook] = field(default=None, compare=False)
     pre_send_hook: Optional[PreSendHook] = field(default=None, compare=False)
@@ -245,7 +248,7 @@ _POSITIVE_INT = {"batch_size", "max_buffer_size", "max_buffer_bytes", "max_batch
 _NON_NEGATIVE_INT = {"max_retries", "gzip_threshold", "retention_bytes"}
 _POSITIVE_FLOAT = {"batch_interval", "retry_backoff_max", "connect_timeout", "read_timeout"}
 _NON_NEGATIVE_FLOAT = {"retry_backoff_base", "buffer_block_timeout", "retention_seconds"}
-_BOOLS = {"enable_local_fallback", "enable_local_replay", "enable_streaming", "verify_ssl"}
+_BOOLS = {"enable_local_fallback", "enable_local_replay", "enable_streaming", "verify_ssl", "debug"}
 _HOOKS = {"redaction_hook", "pre_send_hook", "post_send_hook"}
 
 

@@ -22,7 +22,16 @@ Hooks: ``pre_send_hook(event)`` runs for every event before each POST that
 carries it; ``post_send_hook(event, success)`` runs once per final outcome in
 this flusher: True when acknowledged, False when dead-lettered or parked in
 fallback. Both get a fresh dict decoded from the stored (signed) body; changing
-it changes nothing that is sent. A hook that raises is logged and counted.
+it changes nothing that is sent. A hook that raises is counted and logged by
+its exception type and hook name only (its message may quote the event).
+
+Failures are visible: each one is classified into a kind
+(:func:`aop_client.core.failure_report.failure_kind`) and reported by
+:class:`~aop_client.delivery_report.FailureReporter` (first of each kind at
+WARNING with what to check, then rate-limited; "recovered" after a success;
+the last error written down in the spool for ``aop status``). With ``debug``
+every batch outcome is logged at INFO (at DEBUG otherwise): status, event
+counts and latency, never an event's content.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
+from .delivery_report import FailureReporter, dead_letters_text
 from .errors import ConfigError, FencedError, StoreError
 from .replay import write_trace_file
 from .send_pipeline import InOrder, SendPool
@@ -97,6 +107,7 @@ class Flusher:
         election_poll: float = 0.1,
         fallback_retry_interval: float = 60.0,
         max_in_flight: int = 1,
+        debug: bool = False,
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("max_batch_bytes", max_batch_bytes, 1),
                                  ("batch_interval", batch_interval, 0), ("election_poll", election_poll, 0.01),
@@ -139,6 +150,9 @@ class Flusher:
         self._counts: dict[str, int] = defaultdict(int)
         self._last_error: Optional[str] = None
         self._paused = False
+        self.debug = bool(debug)
+        directory = getattr(store, "directory", None)
+        self._reporter = FailureReporter(str(directory) if directory else None, log, debug=self.debug)
         _live_flushers.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -152,6 +166,7 @@ class Flusher:
         self._flush_asked = self._flush_done = self._fallback_retried_for = 0
         self._counts = defaultdict(int)
         self._paused = False
+        self._reporter = FailureReporter(self._reporter.directory, log, debug=self.debug)
         self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
@@ -235,6 +250,7 @@ class Flusher:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
+        self._reporter.write_now(self.clock())  # `aop status` shows the failure as it was when we stopped
         if not flush:
             return True
         return self._store_is_drained() if drained is None else drained
@@ -282,10 +298,8 @@ class Flusher:
     def _campaign(self) -> bool:
         try:
             won = self.election.try_acquire()
-        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported once, tried again each poll
-            message = f"cannot campaign for the flusher lock: {e}"
-            if message != self._last_error:
-                self._note_error(message, e)
+        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported (rate-limited), tried again each poll
+            self._note_error(f"cannot campaign for the flusher lock: {e}", e)
             return False
         if not won:
             return False
@@ -400,15 +414,19 @@ class Flusher:
                 self._run_pre_hooks(batch)
                 if ready is not None and self.clock() - ready.signed_at > _PREPARED_MAX_AGE:
                     ready = None  # waited for a send slot too long: sign afresh, well within the server's tolerance
+                started = time.monotonic()
                 if ready is not None:
                     response, ready = self.transport.post_prepared(ready), None  # type: ignore[attr-defined]
                 else:
                     response = self.transport.post_batch(attempt.batch_id, body, now=self.clock())
+                latency = time.monotonic() - started
                 self._count("batches_sent")
+                now = self.clock()
                 outcome = classify(response.status, response.headers, response.body,
-                                   batch_event_ids=attempt.event_ids, now=self.clock(),
+                                   batch_event_ids=attempt.event_ids, now=now,
                                    error=response.error, truncated=response.truncated)
                 step = next_step(attempt, outcome, self.retry_policy, self.rng.random())
+                self._reporter.answer(attempt, response, outcome, step, latency, now)
                 in_order.wait_turn(ticket)
                 self._apply(step, by_id, attempt, outcome.duplicates if isinstance(outcome, Delivered) else 0, epoch)
                 if step.halves:
@@ -447,7 +465,7 @@ class Flusher:
                 self.store.dead_letter([e.ref for e in events], reason, epoch=epoch)
                 self._run_post_hooks(events, False)
             self._count("dead_letters", len(step.dead))
-            self._note_error(f"dead-lettered {len(step.dead)} event(s): {step.reason or step.dead[0][1]}")
+            self._note_error(dead_letters_text(len(step.dead)))
         if step.fallback:
             parked = by_id.of(step.fallback)
             self.store.fallback([e.ref for e in parked], epoch=epoch)
@@ -516,8 +534,9 @@ class Flusher:
             hook(doc) if success is None else hook(doc, success)
         except Exception as e:  # a user hook never stops delivery
             self._count("hook_errors")
-            log.warning("aop_client %s raised %s for event %s: %s",
-                        "pre_send_hook" if success is None else "post_send_hook", type(e).__name__, event.event_id, e)
+            name = "pre_send_hook" if success is None else "post_send_hook"
+            # type and hook name only: a hook's message may quote the event's content
+            self._reporter.failure(name, f"{name} raised {type(e).__name__}", self.clock())
 
     def _store_is_drained(self) -> bool:
         try:
@@ -532,14 +551,16 @@ class Flusher:
             self._counts[name] += n
 
     def _note_error(self, message: str, exc: BaseException | None = None) -> None:
+        """Keep ``message`` as the last error; an exception is also reported (rate-limited, by kind)."""
         self._last_error = message
         if exc is not None:
-            log.warning("aop_client flusher: %s", message)
+            kind = "store" if isinstance(exc, (StoreError, OSError)) else "internal"
+            self._reporter.failure(kind, message, self.clock())
             if self.on_error is not None:
                 try:
                     self.on_error(exc)
-                except Exception:
-                    log.exception("aop_client flusher on_error callback raised")
+                except Exception as e:  # no traceback: it would chain a hook's exception and its message
+                    self._reporter.failure("internal", f"on_error callback raised {type(e).__name__}", self.clock())
 
 
 class _BatchEvents:

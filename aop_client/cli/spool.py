@@ -26,7 +26,9 @@ __all__ = ["status", "flush", "dead_letters", "status_report"]
 
 
 def status_report(store: Any, holder: Optional[dict]) -> dict:
-    """The status document of one store (pure apart from reading the store's stats)."""
+    """The status document of one store (pure apart from reading the store's stats and last error)."""
+    from ..delivery_report import read_last_error
+
     st = store.stats()
     return {
         "spool": str(store.directory),
@@ -41,6 +43,7 @@ def status_report(store: Any, holder: Optional[dict]) -> dict:
         "bytes_on_disk": st.bytes_on_disk,
         "oldest_pending_age_s": st.oldest_pending_age,
         "flusher": holder if holder and holder.get("alive") else None,
+        "last_error": read_last_error(str(store.directory)),
         "read_only": bool(getattr(store, "read_only", False)),  # root's inspection of another user's spool
     }
 
@@ -49,6 +52,23 @@ def _holder(spool: Any) -> Optional[dict]:
     from ..election import FlusherElection
 
     return FlusherElection(spool).holder()
+
+
+def _last_error_text(error: Optional[dict]) -> str:
+    """One line: the last delivery error, its kind, since when and how often (or that it recovered)."""
+    from ..core.failure_report import clock_text
+
+    if not error or not error.get("kind"):
+        return "none"
+    try:
+        since = f"since {clock_text(float(error['first_seen']))}, {int(error['count'])} time(s), " \
+                f"last {clock_text(float(error['last_seen']))}"
+        recovered = error.get("recovered_at")
+        if recovered is not None:
+            since += f"; recovered at {clock_text(float(recovered))}"
+    except (KeyError, TypeError, ValueError):
+        since = "unreadable times"
+    return f"{error.get('kind')}: {error.get('message')} ({since})"
 
 
 def _flusher_text(holder: Optional[dict]) -> str:
@@ -87,6 +107,7 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
         ("dropped", sum(report["dropped"].values())), ("bytes on disk", report["bytes_on_disk"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("current flusher", _flusher_text(report["flusher"])),
+        ("last error", _last_error_text(report["last_error"])),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
