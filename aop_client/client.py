@@ -23,6 +23,7 @@ import orjson
 from .config import ClientConfig
 from .errors import AOPError, ValidationError
 from .events import validate_envelope
+from .protocol import copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder
 
@@ -157,8 +158,9 @@ class AOPClient:
         None from the hook drops the event; an exception, or a result that is no longer a
         valid envelope, drops and counts it: a broken hook never lets PII reach the disk.
         """
+        copy = _copy_json(event)  # not JSON (e.g. nested too deep) is the caller's ValidationError
         try:
-            out = hook(_copy_json(event))
+            out = hook(copy)
         except Exception as exc:
             self._drop("redaction_error", exc)
             return None, "redaction_error"
@@ -411,13 +413,13 @@ class AOPClient:
             return None
 
 
-def _copy_json(value: Any) -> Any:
-    """A deep copy of dicts and lists (scalars shared), for handing events to hooks."""
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(v) for v in value]
-    return value
+def _copy_json(event: Any) -> Any:
+    """A private deep copy of an event (scalars shared) for a hook, checked by the protocol's one walk.
+
+    Raises ValidationError for what signing would refuse anyway (nesting beyond
+    MAX_JSON_DEPTH, NaN, big ints, non-JSON types), never RecursionError.
+    """
+    return copy_json(event)
 
 
 def _reset_clients_in_child() -> None:
