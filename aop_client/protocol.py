@@ -96,7 +96,8 @@ def problem_error(problem: JSONValueProblem, path: str) -> ValidationError:
     """The ValidationError for a refused value: ``"<path>: <reason>, got <value>"``, field = path."""
     field = (path + "".join(reversed(problem.segments))).lstrip(".") if path else \
         "".join(reversed(problem.segments)).lstrip(".") or "(root)"
-    return ValidationError(f"{field}: {problem.reason}, got {show(problem.value)}", field=field, value=problem.value)
+    shown = field if len(field) <= 120 else f"{field[:60]}...{field[-40:]}"  # deep paths: the ends tell
+    return ValidationError(f"{shown}: {problem.reason}, got {show(problem.value)}", field=field, value=problem.value)
 
 
 def _check_key(key: Any) -> None:
