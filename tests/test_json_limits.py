@@ -148,6 +148,16 @@ def test_error_messages_are_safe_for_huge_values():
 # ------------------------------------------------------------- at the limit
 
 
+def accepts(call, reason: str = "") -> bool:
+    """True when ``call()`` accepts (None, or a truthy EmitResult); False on a ValidationError giving ``reason``."""
+    try:
+        result = call()
+    except ValidationError as error:
+        assert reason in str(error), error
+        return False
+    return result is None or bool(result)
+
+
 @pytest.mark.parametrize("event_depth", [MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1])
 @pytest.mark.parametrize("kind", ["list", "dict"])
 def test_every_path_agrees_at_the_depth_limit(clients, event_depth, kind):
@@ -156,21 +166,14 @@ def test_every_path_agrees_at_the_depth_limit(clients, event_depth, kind):
     payload = {"v": inner}
     event = custom_event(payload)
     ok = event_depth <= MAX_JSON_DEPTH
-    outcomes = {}
-    for name, call in [
+    outcomes = {name: accepts(call, "nesting deeper than 128 levels") for name, call in [
         ("create_custom", lambda: TraceBuilder(1, RUN_ID).create_custom("n", {"v": inner})),
         ("action_response", lambda: TraceBuilder(1, RUN_ID).create_action_response("ok", data=inner)),
         ("emit", lambda: clients[0].emit_event(event)),
         ("emit_hooked", lambda: clients[1].emit_event(event)),
         ("canonical", lambda: canonical_json(event)),
         ("validate_event", lambda: validate_event(event)),
-    ]:
-        try:
-            result = call()
-            outcomes[name] = result is None or bool(result)  # validate_event returns None
-        except ValidationError as error:
-            assert "nesting deeper than 128 levels" in str(error), (name, error)
-            outcomes[name] = False
+    ]}
     assert outcomes == dict.fromkeys(outcomes, ok)
     signed = orjson_roundtrip(sign_event(event, TEST_ORG_SALT_KEY)) if ok else None
     if ok:
@@ -193,21 +196,14 @@ def orjson_roundtrip(value):
 ])
 def test_builder_emit_and_collector_share_the_integer_bound(clients, number, ok):
     """|n| <= 2**53 - 1 (RFC 8785 / I-JSON): the builders and emit_event accept or refuse alike."""
-    outcomes = {}
     event = custom_event({"n": number})
-    for name, call in [
+    outcomes = {name: accepts(call, "2**53-1") for name, call in [
         ("create_custom", lambda: TraceBuilder(1, RUN_ID).create_custom("n", {"n": number})),
         ("build_action_request", lambda: ToonBuilder.build_action_request_payload("a", {"n": number})),
         ("emit", lambda: clients[0].emit_event(event)),
         ("emit_hooked", lambda: clients[1].emit_event(event)),
         ("validate_event", lambda: validate_event(event)),
-    ]:
-        try:
-            result = call()
-            outcomes[name] = result is None or bool(result)  # validate_event returns None
-        except ValidationError as error:
-            assert "2**53-1" in str(error), (name, error)
-            outcomes[name] = False
+    ]}
     assert outcomes == dict.fromkeys(outcomes, ok)
     assert (event_refusal(event, None) is None) == ok
 
@@ -222,23 +218,16 @@ VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionari
 NEAR_LIMIT = st.builds(nest, st.integers(MAX_JSON_DEPTH - 6, MAX_JSON_DEPTH), VALUES, st.sampled_from(["list", "dict"]))
 
 
-def _accepts(call) -> bool:
-    try:
-        return bool(call())
-    except ValidationError:
-        return False
-
-
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(value=VALUES | NEAR_LIMIT, hooked=st.booleans())
 def test_builder_accepts_exactly_what_emit_event_accepts(clients, value, hooked):
     """Property: for any value, the builder accepts it iff emit_event accepts the same event built by hand."""
     builder = TraceBuilder(1, RUN_ID)
-    built = _accepts(lambda: builder.create_custom("n", {"v": value}))
+    built = accepts(lambda: builder.create_custom("n", {"v": value}))
     event = make_event(run_id=str(uuid.uuid4()), agent_id=1, seq=1, type="custom", name="n",
                        payload={"v": value}, now=0.0)
-    emitted = _accepts(lambda: clients[hooked].emit_event(event))
+    emitted = accepts(lambda: clients[hooked].emit_event(event))
     assert built == emitted
     if built:  # and what the builder built is what emit_event stores
         assert clients[hooked].emit_event(builder.get_events()[0])
