@@ -138,41 +138,78 @@ def _scalar(value: Any, int_bound: float, placeholders: bool) -> Any:
 def _walk(value: Any, room: int, int_bound: float, copy: bool, placeholders: bool) -> Any:
     """The one walk: check ``value`` (``room`` = container levels still allowed); return it, or a copy.
 
-    Exact builtin scalars inside containers take an inlined fast path. A copy turns
-    tuples into lists and dict subclasses into dicts; scalars are shared.
+    Exact builtin types take inlined fast paths (this walk runs on every create_*
+    and on the hook copy of every emit). A copy turns tuples into lists and dict
+    subclasses into dicts; scalars are shared.
     """
-    result = _scalar(value, int_bound, placeholders)
-    if result is not _CONTAINER:
-        return result
+    kind = type(value)
+    if kind is dict:
+        is_dict = True
+    elif kind is list or kind is tuple:
+        is_dict = False
+    else:
+        result = _scalar(value, int_bound, placeholders)
+        if result is not _CONTAINER:
+            return result
+        is_dict = isinstance(value, dict)
     if room <= 0:
         raise JSONValueProblem(TOO_DEEP, type(value).__name__)
     room -= 1
-    is_dict = isinstance(value, dict)
     if is_dict:
-        out: Any = {} if copy else None
-        pairs: Any = value.items()
-    else:
-        out = [None] * len(value) if copy else None
-        pairs = enumerate(value)
-    for key, item in pairs:
-        if is_dict and (type(key) is not str or not key.isascii()):
-            try:
-                _check_key(key)
-            except JSONValueProblem as problem:
-                problem.segments.append(segment(key))
-                raise
-        kind = type(item)
-        if not ((kind is str and item.isascii()) or kind is bool or item is None
-                or (kind is float and item - item == 0.0)
-                or (kind is int and -int_bound <= item <= int_bound)):
+        out: Any = {} if copy else value
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                _key_at(key)
+            kind = type(item)
+            if kind is str:
+                if item.isascii():
+                    if copy:
+                        out[key] = item
+                    continue
+            elif kind is float:
+                if item - item == 0.0:
+                    if copy:
+                        out[key] = item
+                    continue
+            elif kind is int:
+                if -int_bound <= item <= int_bound:
+                    if copy:
+                        out[key] = item
+                    continue
+            elif kind is bool or item is None:
+                if copy:
+                    out[key] = item
+                continue
             try:
                 item = _walk(item, room, int_bound, copy, placeholders)
             except JSONValueProblem as problem:
                 problem.segments.append(segment(key))
                 raise
+            if copy:
+                out[key] = item
+        return out
+    out = [None] * len(value) if copy else value
+    index = 0
+    for item in value:
+        kind = type(item)
+        if not (kind is str and item.isascii() or kind is bool or item is None):
+            try:
+                item = _walk(item, room, int_bound, copy, placeholders)
+            except JSONValueProblem as problem:
+                problem.segments.append(f"[{index}]")
+                raise
         if copy:
-            out[key] = item
-    return out if copy else value
+            out[index] = item
+        index += 1
+    return out
+
+def _key_at(key: Any) -> None:
+    """Check an object key that is not plain ASCII; a refusal names the key in the path."""
+    try:
+        _check_key(key)
+    except JSONValueProblem as problem:
+        problem.segments.append(segment(key))
+        raise
 
 
 def _run(value: Any, path: str, depth: int, max_depth: int, int_bound: float, copy: bool, placeholders: bool) -> Any:
