@@ -26,7 +26,7 @@ e.g. ``2025-12-05T10:00:00Z``), ``type`` and ``payload`` (object) are required;
 optional and checked when present; values must be JSON as defined in
 :mod:`aop_client.events`. Events are returned as written: nothing is added or
 rewritten (a ``sig`` keeps verifying). Number policy: an integer literal beyond
-+-2**53 that is exactly an IEEE double (e.g. the TOON encoder's plain-decimal
++-(2**53-1) that is exactly an IEEE double (e.g. the TOON encoder's plain-decimal
 form of ``1e300``) is read as that ``float``; any other is refused.
 Nesting beyond the decoders' depth raises ``ToonParseError``; events deeper than
 :data:`aop_client.protocol.MAX_JSON_DEPTH` fail their validation. JSON input
@@ -223,7 +223,7 @@ def _int_within_double_range(text: str) -> int | float:
     as_float = float(value)  # OverflowError beyond the double range, translated by the caller
     if as_float == value:
         return as_float
-    raise ValueError(f"integer {text[:40]} is beyond +-2**53 and not exactly representable")
+    raise ValueError(f"integer {text[:40]} is beyond +-(2**53-1) and not exactly representable")
 
 
 def decode_toon_value(
@@ -232,7 +232,7 @@ def decode_toon_value(
     """Decode a TOON document into a JSON value; raise ToonParseError (with line) on any failure.
 
     ``exact_doubles_only=True`` applies the event number policy: integers beyond
-    +-2**53 become floats when exactly representable, otherwise are refused.
+    +-(2**53-1) become floats when exactly representable, otherwise are refused.
     The broad ``except`` is deliberate: this is the boundary to a foreign
     decoder, and any failure inside it means the input was not acceptable.
     """
