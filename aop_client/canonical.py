@@ -41,7 +41,6 @@ written as its str/int value, as ``rfc8785`` does.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -50,13 +49,13 @@ import orjson
 import rfc8785
 
 from .errors import ValidationError
+from .protocol import MAX_JSON_DEPTH, MAX_SAFE_INTEGER, json_error
 
 __all__ = ["canonical_json", "canonical_json_of_parsed", "orjson_form_of_parsed", "es6_number", "large_integers_as_doubles", "MAX_SAFE_INTEGER", "MAX_DEPTH"]
 
-#: Largest integer magnitude RFC 8785 (an IEEE 754 double) represents exactly.
-MAX_SAFE_INTEGER = 2**53 - 1
-#: Deepest nesting of objects/arrays accepted (orjson itself stops at 255).
-MAX_DEPTH = 128
+#: The protocol's limits (:mod:`aop_client.protocol`): |int| <= 2**53 - 1, nesting of at most
+#: MAX_DEPTH objects/arrays (orjson itself stops at 255).
+MAX_DEPTH = MAX_JSON_DEPTH
 
 _FAST = 0
 _FLOATS = 1
@@ -66,47 +65,21 @@ _ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 _dumps = orjson.dumps
 _Fragment = orjson.Fragment
 _isfinite = math.isfinite
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _UTF16_ORDER_RISK = "\ue000"  # keys with a char >= this may sort differently in UTF-16
 _HIGH_UTF8 = re.compile(b"[\xee-\xf4]")  # UTF-8 lead bytes of U+E000 and above
 _TWO_53 = 9007199254740992.0
-_TOO_DEEP = f"nesting deeper than {MAX_DEPTH} levels"
-_BIG_INT = "integer outside +-(2**53-1) cannot be represented exactly"
-_NOT_FINITE = "NaN and infinities are not JSON"
 
 
 class _Invalid(Exception):
-    """Internal: a non-JSON node; ``segments`` collects the path bottom-up."""
-
-    def __init__(self, reason: str, value: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.value = value
-        self.segments: list[str] = []
-
-
-def _segment(key: Any) -> str:
-    if type(key) is int:
-        return f"[{key}]"
-    if isinstance(key, str) and _IDENTIFIER.match(key):
-        return "." + key
-    return "[" + json.dumps(key if isinstance(key, str) else repr(key)) + "]"
-
-
-def _path(segments: list[str]) -> str:
-    path = "".join(reversed(segments))
-    if not path:
-        return "(root)"
-    return path[1:] if path.startswith(".") else path
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """Internal: the scan met a node it refuses; the protocol's walk then names the path and reason."""
 
 
 def _scan(node: Any, depth: int) -> int:
     """Classify a value for the encoder (_FAST/_FLOATS/_SLOW); raise _Invalid (no path) on non-JSON.
+
+    It applies the protocol's limits (nesting, integer bound, finite floats) with
+    the same depth count as :func:`aop_client.protocol.check_json`; what it refuses
+    is judged and explained by that walk.
 
     The hot path: no path bookkeeping and no key checks (orjson refuses non-str
     keys and lone surrogates itself, and the reference path then locates them).
@@ -114,7 +87,7 @@ def _scan(node: Any, depth: int) -> int:
     t = type(node)
     if t is dict:
         if depth >= MAX_DEPTH:
-            raise _Invalid(_TOO_DEEP, node)
+            raise _Invalid()
         depth += 1
         flags = _FAST
         for value in node.values():
@@ -124,20 +97,20 @@ def _scan(node: Any, depth: int) -> int:
             if t is int:
                 if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
                     continue
-                raise _Invalid(_BIG_INT, value)
+                raise _Invalid()
             if t is float:
                 if 1e-4 <= value < 1e16 or -1e16 < value <= -1e-4:
                     if not value.is_integer():
                         continue
                 elif not _isfinite(value):
-                    raise _Invalid(_NOT_FINITE, value)
+                    raise _Invalid()
                 flags |= _FLOATS
                 continue
             flags |= _scan(value, depth)
         return flags
     if t is list or t is tuple:
         if depth >= MAX_DEPTH:
-            raise _Invalid(_TOO_DEEP, node)
+            raise _Invalid()
         depth += 1
         flags = _FAST
         for value in node:
@@ -151,45 +124,12 @@ def _scan(node: Any, depth: int) -> int:
     if t is int:
         if -MAX_SAFE_INTEGER <= node <= MAX_SAFE_INTEGER:
             return _FAST
-        raise _Invalid(_BIG_INT, node)
+        raise _Invalid()
     if t is float:
         if not _isfinite(node):
-            raise _Invalid(_NOT_FINITE, node)
+            raise _Invalid()
         return _FLOATS
     return _SLOW  # subclasses and other types: the reference encoder decides
-
-
-def _locate_invalid(value: Any, depth: int = 0) -> None:
-    """Raise _Invalid, with its path, at the first node that is not RFC 8785 JSON (slow, thorough)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Invalid("string holds a lone surrogate (not valid Unicode)", value) from None
-    elif value is None or isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise _Invalid(_BIG_INT, value)
-    elif isinstance(value, float):
-        if not _isfinite(value):
-            raise _Invalid(_NOT_FINITE, value)
-    elif isinstance(value, (dict, list, tuple)):
-        if depth >= MAX_DEPTH:
-            raise _Invalid(_TOO_DEEP, value)
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            try:
-                if isinstance(value, dict):
-                    if not isinstance(key, str):
-                        raise _Invalid(f"object key of type {type(key).__name__} is not a string", key)
-                    _locate_invalid(key, depth + 1)
-                _locate_invalid(item, depth + 1)
-            except _Invalid as invalid:
-                invalid.segments.append(_segment(key) if isinstance(value, dict) else f"[{key}]")
-                raise
-    else:
-        raise _Invalid(f"{type(value).__name__} is not a JSON value", value)
 
 
 def _has_utf16_order_risk(value: Any) -> bool:
@@ -236,7 +176,7 @@ def es6_number(value: float) -> str:
     return sign + body
 
 
-def large_integers_as_doubles(value: Any) -> Any:
+def large_integers_as_doubles(value: Any, _room: int = MAX_DEPTH) -> Any:
     """Copy of a parsed JSON value with integers beyond +-(2**53-1) that are exact doubles made floats.
 
     RFC 8785 reads every number as an IEEE 754 double and writes an integral
@@ -244,7 +184,9 @@ def large_integers_as_doubles(value: Any) -> Any:
     reads that back as an ``int``, which :func:`canonical_json` refuses. A
     verifier applies this first, so such a value canonicalizes as the double
     it was signed as. Integers not written as RFC 8785 writes some double stay
-    integers (and are refused).
+    integers (and are refused). Containers nested deeper than :data:`MAX_DEPTH`
+    are returned as they are (canonical_json refuses them), so the copy never recurses
+    past the protocol's limit.
     """
     t = type(value)
     if t is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
@@ -255,10 +197,12 @@ def large_integers_as_doubles(value: Any) -> Any:
         # 5.228359080517314e16 is written 52283590805173140 (shortest digits, zero-padded),
         # which is not its exact value: compare texts, not numbers.
         return as_double if es6_number(as_double) == str(value) else value
+    if (t is dict or t is list or t is tuple) and _room <= 0:
+        return value
     if t is dict:
-        return {key: large_integers_as_doubles(item) for key, item in value.items()}
+        return {key: large_integers_as_doubles(item, _room - 1) for key, item in value.items()}
     if t is list or t is tuple:
-        return [large_integers_as_doubles(item) for item in value]
+        return [large_integers_as_doubles(item, _room - 1) for item in value]
     return value
 
 
@@ -329,17 +273,11 @@ def _rebuilt_in_utf16_order(value: Any) -> Any:
 
 
 def _located_error(value: Any, cause: BaseException | None) -> ValidationError:
-    """The ValidationError, naming path and value, for a value that was refused."""
-    try:
-        _locate_invalid(value)
-    except _Invalid as invalid:
-        field = _path(invalid.segments)
-        return ValidationError(
-            f"{field}: {invalid.reason}: {_short_repr(invalid.value)}", field=field, value=invalid.value
-        )
-    except RecursionError:
-        pass
-    return ValidationError(f"(root): cannot canonicalize value: {cause}", field="(root)", value=None)
+    """The ValidationError, naming path and value, for a value that was refused (the protocol's walk)."""
+    error = json_error(value)
+    if error is not None:
+        return error
+    return ValidationError(f"(root): cannot canonicalize value: {cause!r:.200}", field="(root)", value=None)
 
 
 def _reference(value: Any) -> bytes:

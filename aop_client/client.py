@@ -28,6 +28,7 @@ from .config import ClientConfig
 from .delivery_report import FailureReporter
 from .errors import AOPError, ConfigError, ValidationError
 from .events import validate_envelope
+from .protocol import copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder
 
@@ -172,8 +173,9 @@ class AOPClient:
         Neither the exception's text nor the ValidationError's is kept (both may quote
         the value being redacted).
         """
+        copy = _copy_json(event)  # not JSON (e.g. nested too deep) is the caller's ValidationError
         try:
-            out = hook(_copy_json(event))
+            out = hook(copy)
         except Exception as exc:
             self._drop("redaction_error", f"redaction_hook raised {type(exc).__name__}", "redaction_hook")
             return None, "redaction_error"
@@ -438,13 +440,13 @@ class AOPClient:
             return None
 
 
-def _copy_json(value: Any) -> Any:
-    """A deep copy of dicts and lists (scalars shared), for handing events to hooks."""
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(v) for v in value]
-    return value
+def _copy_json(event: Any) -> Any:
+    """A private deep copy of an event (scalars shared) for a hook, checked by the protocol's one walk.
+
+    Raises ValidationError for what signing would refuse anyway (nesting beyond
+    MAX_JSON_DEPTH, NaN, big ints, non-JSON types), never RecursionError.
+    """
+    return copy_json(event)
 
 
 def _reset_clients_in_child() -> None:

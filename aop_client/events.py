@@ -11,19 +11,18 @@ Envelope (key order as built by :func:`make_event`)::
     seq       int   >= 1, 1, 2, 3... without gaps within a run
     t         str   RFC 3339 UTC with milliseconds: 2025-12-05T10:00:00.000Z
     type      str   one of EVENT_TYPES
-    payload   dict  built by the build_*_payload functions below
+    name      str   custom events only: the custom event's name
+    payload   dict  built by the build_*_payload functions below; for ``custom``
+                    the caller's own object, as given (protocol v1 section 1)
     sig       str   optional, "v1=" + 64 lowercase hex digits (added at emit time)
 
 Extra top-level fields are allowed (they are signed too).
 
-JSON policy (what :func:`check_json_value` accepts, consistent with RFC 8785
-canonical JSON, which the signature is computed over): ``dict`` with ``str``
-keys, ``list`` and ``tuple`` (both are JSON arrays; the payload builders copy
-tuples into lists), ``str`` (valid Unicode, no lone surrogates), ``bool``,
-``None``, ``int`` within +-2**53 (RFC 8785 numbers are IEEE doubles: larger
-integers would change silently, so they are refused) and finite ``float``.
-Refused: NaN and infinities, ``set``, ``bytes``, non-``str`` keys, any other
-type, and nesting deeper than ``MAX_JSON_DEPTH``.
+JSON policy: :mod:`aop_client.protocol` defines it once, for the builders, this
+module and signing alike - ``dict`` with ``str`` keys, ``list`` and ``tuple``,
+``str`` (valid Unicode), ``bool``, ``None``, ``int`` with ``|n| <= 2**53 - 1``
+(RFC 8785 / I-JSON) and finite ``float``; nesting at most ``MAX_JSON_DEPTH``
+levels counted from the event (the event is level 1, its payload level 2).
 
 Three validation levels:
 
@@ -34,8 +33,9 @@ Three validation levels:
 * :func:`validate_imported_event` - for events read from text (``parse_toon``):
   ``seq``, ``t``, ``type`` and ``payload`` are required; ``t`` may have any
   number of fractional digits (or none) and a ``Z`` or ``+00:00`` suffix;
-  ``event_id``, ``run_id``, ``agent_id`` and ``sig`` are optional but checked
-  when present.
+  ``event_id``, ``run_id``, ``agent_id``, ``sig`` and a custom event's ``name``
+  are optional but checked when present (files written before custom events
+  had a top-level name still read).
 
 Every failure raises :class:`aop_client.errors.ValidationError` whose message
 and ``field`` name the path (e.g. ``payload.steps[0].confidence``) and value.
@@ -44,7 +44,6 @@ and ``field`` name the path (e.g. ``payload.steps[0].confidence``) and value.
 from __future__ import annotations
 
 import calendar
-import json
 import math
 import os
 import re
@@ -57,6 +56,7 @@ from typing import Any
 import orjson
 
 from .errors import ValidationError
+from .protocol import ELLIPSIS_PLACEHOLDER, MAX_JSON_DEPTH, MAX_SAFE_INTEGER, check_json, copy_json, segment, show
 
 __all__ = [
     "EVENT_TYPES", "UNCERTAINTY_LEVELS", "ENVELOPE_FIELDS", "DEFAULT_MAX_EVENT_BYTES", "MAX_JSON_DEPTH",
@@ -72,9 +72,6 @@ EVENT_TYPES: frozenset[str] = frozenset(
 UNCERTAINTY_LEVELS: frozenset[str] = frozenset({"low", "medium", "high"})
 ENVELOPE_FIELDS: tuple[str, ...] = ("event_id", "run_id", "agent_id", "seq", "t", "type", "payload")
 DEFAULT_MAX_EVENT_BYTES = 1_000_000
-MAX_JSON_DEPTH = 100
-MAX_SAFE_INTEGER = 2**53
-ELLIPSIS_PLACEHOLDER = "..."
 _MAX_UNIX_SECONDS = 253402300800  # 10000-01-01T00:00:00Z, first instant RFC 3339 cannot write
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -85,17 +82,10 @@ _CANONICAL_T_RE = re.compile(
 _RFC3339_UTC_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:[Zz]|[+-]00:00)"
 )
-_SIMPLE_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _show(value: Any) -> str:
-    """Return a short repr of ``value`` for error messages."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _fail(field: str, problem: str, value: Any) -> ValidationError:
-    return ValidationError(f"{field}: {problem}, got {_show(value)}", field=field, value=value)
+    return ValidationError(f"{field}: {problem}, got {show(value)}", field=field, value=value)
 
 
 def _uuid4_text() -> str:
@@ -165,17 +155,24 @@ def make_event(
     payload: dict,
     now: float,
     event_id: str | None = None,
+    name: str | None = None,
 ) -> dict:
-    """Build an envelope dict (not validated, not signed) in protocol key order."""
-    return {
+    """Build an envelope dict (not validated, not signed) in protocol key order.
+
+    ``name`` is the top-level name of a ``custom`` event (given only for those).
+    """
+    event = {
         "event_id": event_id if event_id is not None else str(uuid.uuid4()),
         "run_id": run_id,
         "agent_id": agent_id,
         "seq": seq,
         "t": format_timestamp(now),
         "type": type,
-        "payload": payload,
     }
+    if name is not None:
+        event["name"] = name
+    event["payload"] = payload
+    return event
 
 
 def _check_t_canonical(t: Any) -> None:
@@ -212,8 +209,21 @@ def _check_identity_fields(event: Mapping) -> None:
 _UUID_SAMPLE = "00000000-0000-4000-8000-000000000000"
 
 
-def _check_core_fields(event: Any, required: tuple[str, ...]) -> None:
-    """Check that the required fields exist and that seq, type and payload are well formed."""
+def _check_custom_name(event: Mapping, required: bool) -> None:
+    """A custom event's name is the top-level string ``name`` (protocol v1 section 1)."""
+    name = event.get("name")
+    if type(name) is str and name:
+        return
+    if name is None and "name" not in event:
+        if not required:
+            return
+        raise ValidationError('name: a custom event needs its name as the top-level string field "name"',
+                              field="name")
+    raise _fail("name", "a custom event's name must be a non-empty string", name)
+
+
+def _check_core_fields(event: Any, required: tuple[str, ...], name_required: bool = True) -> None:
+    """Check that the required fields exist and that seq, type (and a custom name) and payload are well formed."""
     if type(event) is not dict and not isinstance(event, Mapping):
         raise _fail("event", "expected an object (dict)", event)
     for name in required:
@@ -225,6 +235,8 @@ def _check_core_fields(event: Any, required: tuple[str, ...]) -> None:
     kind = event["type"]
     if type(kind) is not str or kind not in EVENT_TYPES:
         raise _fail("type", f"expected one of {sorted(EVENT_TYPES)}", kind)
+    if kind == "custom":
+        _check_custom_name(event, name_required)
     payload = event["payload"]
     if type(payload) is not dict and not isinstance(payload, dict):
         raise _fail("payload", "expected an object (dict)", payload)
@@ -237,152 +249,26 @@ def validate_envelope(event: Mapping) -> None:
     _check_t_canonical(event["t"])
 
 
-class _BadValue(Exception):
-    """Internal: a JSON walk failure; ``segments`` collects the path on the way out."""
-
-    def __init__(self, problem: str, value: Any) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.value = value
-        self.segments: list[str] = []
-
-
-def _key_segment(key: str) -> str:
-    return "." + key if _SIMPLE_KEY_RE.fullmatch(key) else "[" + json.dumps(key) + "]"
-
-
-def _check_key(key: Any) -> None:
-    if type(key) is str and key.isascii():
-        return
-    if not isinstance(key, str):
-        raise _BadValue("object keys must be strings", key)
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise _BadValue(f"object key is not valid Unicode ({e.reason})", key) from None
-
-
-def _check_scalar(value: Any, int_limit: float = MAX_SAFE_INTEGER) -> bool:
-    """Return True when ``value`` is an acceptable JSON scalar; raise _BadValue when it is a bad one."""
-    kind = type(value)
-    if kind is dict or kind is list:
-        return False
-    if isinstance(value, str):
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise _BadValue(f"string is not valid Unicode ({e.reason})", value) from None
-        return True
-    if value is None or isinstance(value, bool):
-        return True
-    if isinstance(value, int):
-        if -int_limit <= value <= int_limit:
-            return True
-        raise _BadValue("integer outside +-2**53 cannot be represented exactly in JSON", value)
-    if isinstance(value, float):
-        if value - value == 0.0:
-            return True
-        raise _BadValue("NaN and infinities are not JSON", value)
-    return False
-
-
-def _walk(value: Any, depth: int, int_limit: float) -> None:
-    """Check ``value``; exact builtin scalars inside containers take an inlined fast path."""
-    if _check_scalar(value, int_limit):
-        return
-    if depth > MAX_JSON_DEPTH:
-        raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
-    if isinstance(value, dict):
-        for key in value:
-            if type(key) is not str or not key.isascii():
-                _check_key(key)
-        pairs: Any = value.items()
-    elif isinstance(value, (list, tuple)):
-        pairs = enumerate(value)
-    else:
-        raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
-    for key, item in pairs:
-        kind = type(item)
-        if kind is str:
-            if item.isascii():
-                continue
-        elif kind is float:
-            if item - item == 0.0:
-                continue
-        elif kind is int:
-            if -int_limit <= item <= int_limit:
-                continue
-        elif kind is bool or item is None:
-            continue
-        try:
-            _walk(item, depth + 1, int_limit)
-        except _BadValue as bad:
-            bad.segments.append(f"[{key}]" if type(key) is int else _key_segment(key))
-            raise
-
-
-def _copy(value: Any, depth: int, placeholders: bool) -> Any:
-    """Validate like _walk and return a deep copy (tuples become lists, ``...`` maybe a placeholder)."""
-    if _check_scalar(value):
-        return value
-    if depth > MAX_JSON_DEPTH:
-        raise _BadValue(f"nesting deeper than {MAX_JSON_DEPTH} levels", type(value).__name__)
-    if isinstance(value, dict):
-        result: Any = {}
-        pairs: Any = value.items()
-    elif isinstance(value, (list, tuple)):
-        result = [None] * len(value)
-        pairs = enumerate(value)
-    elif value is Ellipsis and placeholders:
-        return ELLIPSIS_PLACEHOLDER
-    else:
-        raise _BadValue(f"{type(value).__name__} is not a JSON value", value)
-    is_dict = type(result) is dict
-    for key, item in pairs:
-        if is_dict and (type(key) is not str or not key.isascii()):
-            _check_key(key)
-        kind = type(item)  # exact builtin scalars: inlined, as in _walk (the common case)
-        if (kind is str and item.isascii()) or kind is bool or item is None \
-                or (kind is float and item - item == 0.0) \
-                or (kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER):
-            result[key] = item
-            continue
-        try:
-            result[key] = _copy(item, depth + 1, placeholders)
-        except _BadValue as bad:
-            bad.segments.append(f"[{key}]" if not is_dict else _key_segment(key))
-            raise
-    return result
-
-
-def _to_validation_error(bad: _BadValue, path: str) -> ValidationError:
-    field = path + "".join(reversed(bad.segments))
-    return _fail(field, bad.problem, bad.value)
-
-
-def check_json_value(value: Any, path: str = "payload", *, exact_doubles_only: bool = True) -> None:
+def check_json_value(value: Any, path: str = "payload", *, exact_doubles_only: bool = True, depth: int = 1,
+                     max_depth: int = MAX_JSON_DEPTH) -> None:
     """Walk ``value`` and raise ValidationError (naming e.g. ``payload.steps[0].x``) if it is not JSON.
 
-    ``exact_doubles_only=False`` lifts the +-2**53 integer bound (plain JSON/TOON
-    data that is not going to be signed).
+    The walk and its limits are :mod:`aop_client.protocol`'s. ``depth`` is how many
+    containers enclose ``value`` in its event (1 for the payload, 2 for a payload
+    field); ``exact_doubles_only=False`` lifts the +-(2**53-1) integer bound (plain
+    JSON/TOON data that is not going to be signed).
     """
-    try:
-        _walk(value, 0, MAX_SAFE_INTEGER if exact_doubles_only else math.inf)
-    except _BadValue as bad:
-        raise _to_validation_error(bad, path) from None
+    check_json(value, path, depth=depth, max_depth=max_depth,
+               int_bound=MAX_SAFE_INTEGER if exact_doubles_only else math.inf)
 
 
-def copy_json_value(value: Any, path: str = "payload", *, ellipsis_placeholder: bool = False) -> Any:
+def copy_json_value(value: Any, path: str = "payload", *, ellipsis_placeholder: bool = False, depth: int = 1) -> Any:
     """Return a deep copy of ``value`` (tuples become lists) after the checks of check_json_value.
 
     With ``ellipsis_placeholder=True`` a Python ``...`` becomes the string ``"..."``
     (documentation-style placeholders such as ``{"results": [...]}``).
     """
-    try:
-        return _copy(value, 0, ellipsis_placeholder)
-    except _BadValue as bad:
-        raise _to_validation_error(bad, path) from None
+    return copy_json(value, path, depth=depth, placeholders=ellipsis_placeholder)
 
 
 def check_confidence(value: Any, field: str) -> None:
@@ -413,7 +299,7 @@ def validate_payload(event_type: str, payload: Mapping) -> None:
                     check_confidence(confidence, f"payload.steps[{index}].confidence")
 
 
-_CHECKED_FIELDS = frozenset({"event_id", "run_id", "agent_id", "seq", "t", "type", "sig"})
+_CHECKED_FIELDS = frozenset({"event_id", "run_id", "agent_id", "seq", "t", "type", "sig"})  # scalars checked above
 
 
 def _check_body_and_size(event: Mapping, max_event_bytes: int) -> None:
@@ -421,7 +307,7 @@ def _check_body_and_size(event: Mapping, max_event_bytes: int) -> None:
         if type(key) is not str and not isinstance(key, str):
             raise _fail("event", "top-level keys must be strings", key)
         if key not in _CHECKED_FIELDS:
-            check_json_value(value, _key_segment(key).lstrip("."))
+            check_json_value(value, segment(key).lstrip("."))
     validate_payload(event["type"], event["payload"])
     check_event_size(event, max_event_bytes)
 
@@ -448,7 +334,7 @@ def validate_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_B
 
 def validate_imported_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
     """Check an event read from text: seq, t, type, payload required; identity fields optional."""
-    _check_core_fields(event, ("seq", "t", "type", "payload"))
+    _check_core_fields(event, ("seq", "t", "type", "payload"), name_required=False)
     _check_identity_fields(event)
     parse_timestamp(event["t"])
     _check_body_and_size(event, max_event_bytes)

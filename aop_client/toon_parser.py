@@ -26,8 +26,10 @@ e.g. ``2025-12-05T10:00:00Z``), ``type`` and ``payload`` (object) are required;
 optional and checked when present; values must be JSON as defined in
 :mod:`aop_client.events`. Events are returned as written: nothing is added or
 rewritten (a ``sig`` keeps verifying). Number policy: an integer literal beyond
-+-2**53 that is exactly an IEEE double (e.g. the TOON encoder's plain-decimal
-form of ``1e300``) is read as that ``float``; any other is refused. JSON input
++-(2**53-1) that is exactly an IEEE double (e.g. the TOON encoder's plain-decimal
+form of ``1e300``) is read as that ``float``; any other is refused.
+Nesting beyond the decoders' depth raises ``ToonParseError``; events deeper than
+:data:`aop_client.protocol.MAX_JSON_DEPTH` fail their validation. JSON input
 with duplicate keys, NaN or Infinity is refused. Any bad input, of any type,
 raises ``ToonParseError`` (line and column when known, and the reason).
 """
@@ -42,6 +44,7 @@ from typing import Any
 import toon_format
 
 from .errors import ToonParseError, ValidationError
+from .protocol import MAX_DOCUMENT_DEPTH
 from .events import (
     DEFAULT_MAX_EVENT_BYTES,
     ELLIPSIS_PLACEHOLDER,
@@ -70,8 +73,11 @@ _TOON_ROOT_ARRAY_RE = re.compile(r"\[\d+[\t|]?\](?:\{[^\n]*\})?:")
 _FIRST_INDENT_RE = re.compile(r"^( +)\S", re.MULTILINE)
 
 
-def _copy_data(value: Any, field: str) -> Any:
-    return copy_json_value(value, field, ellipsis_placeholder=True)
+_FIELD_DEPTH = 2  # a payload field sits in the event (level 1) and its payload (level 2)
+
+
+def _copy_data(value: Any, field: str, depth: int = _FIELD_DEPTH) -> Any:
+    return copy_json_value(value, field, ellipsis_placeholder=True, depth=depth)
 
 
 def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
@@ -84,10 +90,10 @@ def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _object_field(value: Any, field: str) -> dict:
+def _object_field(value: Any, field: str, depth: int = _FIELD_DEPTH) -> dict:
     if not isinstance(value, Mapping):
         raise ValidationError(f"{field}: expected an object (dict), got {value!r:.80}", field=field, value=value)
-    return _copy_data(value if type(value) is dict else dict(value), field)  # one copy, validated
+    return _copy_data(value if type(value) is dict else dict(value), field, depth)  # one copy, validated
 
 
 def _list_of_objects(value: Any, field: str) -> list:
@@ -95,7 +101,7 @@ def _list_of_objects(value: Any, field: str) -> list:
         return []
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
         raise ValidationError(f"{field}: expected a list of objects, got {value!r:.80}", field=field, value=value)
-    return [_object_field(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    return [_object_field(item, f"{field}[{index}]", _FIELD_DEPTH + 1) for index, item in enumerate(value)]
 
 
 class ToonBuilder:
@@ -183,12 +189,26 @@ class ToonBuilder:
         return payload
 
     @staticmethod
-    def build_custom_payload(name: str, data: Any = None) -> dict:
-        """Return ``{name[, data]}`` for an application-defined event; ``data`` may be any JSON value."""
-        payload: dict = {"name": _text_field(name, "payload.name")}
-        if data is not None:
-            payload["data"] = _copy_data(data, "payload.data")
-        return payload
+    def build_custom_payload(data: Mapping[str, Any] | None = None) -> dict:
+        """Return the payload of a ``custom`` event: a validated copy of the caller's own object.
+
+        Per protocol v1 section 1 the payload *is* the caller's object (so a redaction
+        hook that looks for ``payload["email"]`` finds it); the event's name is not in
+        the payload but the envelope's top-level ``name`` (see ``TraceBuilder.create_custom``).
+        """
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            raise ValidationError(
+                f"payload: a custom event's payload is your own object (a dict of JSON values), "
+                f"got {type(data).__name__}; wrap other values, e.g. {{\"value\": ...}}",
+                field="payload", value=type(data).__name__)
+        return _copy_data(data if type(data) is dict else dict(data), "payload", depth=1)
+
+    @staticmethod
+    def custom_name(name: str) -> str:
+        """Check a custom event's name (a non-empty string): it goes to the envelope's top-level ``name``."""
+        return _text_field(name, "name")
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +223,7 @@ def _int_within_double_range(text: str) -> int | float:
     as_float = float(value)  # OverflowError beyond the double range, translated by the caller
     if as_float == value:
         return as_float
-    raise ValueError(f"integer {text[:40]} is beyond +-2**53 and not exactly representable")
+    raise ValueError(f"integer {text[:40]} is beyond +-(2**53-1) and not exactly representable")
 
 
 def decode_toon_value(
@@ -212,7 +232,7 @@ def decode_toon_value(
     """Decode a TOON document into a JSON value; raise ToonParseError (with line) on any failure.
 
     ``exact_doubles_only=True`` applies the event number policy: integers beyond
-    +-2**53 become floats when exactly representable, otherwise are refused.
+    +-(2**53-1) become floats when exactly representable, otherwise are refused.
     The broad ``except`` is deliberate: this is the boundary to a foreign
     decoder, and any failure inside it means the input was not acceptable.
     """
@@ -230,7 +250,7 @@ def decode_toon_value(
 
 def encode_toon_value(value: Any, *, indent_size: int = 2, delimiter: str = ",") -> str:
     """Encode a JSON value as TOON; raise ValidationError if it is not JSON (NaN, sets, bytes...)."""
-    check_json_value(value, "value", exact_doubles_only=False)
+    check_json_value(value, "value", exact_doubles_only=False, depth=0, max_depth=MAX_DOCUMENT_DEPTH)
     try:
         return toon_format.encode(value, indent_size=indent_size, delimiter=delimiter)
     except (TypeError, ValueError, RecursionError) as e:
@@ -368,10 +388,10 @@ def to_toon(obj: Any, pretty: bool = False) -> str:
     agent_id, seq, t, type, sig, then extra fields) with ``payload`` last;
     nested payload key order is kept. Both read back with ``parse_toon`` to an
     equal value (``dict`` equality ignores key order). Values that are not JSON
-    (NaN, infinities, sets, bytes, non-str keys, integers beyond +-2**53) raise
+    (NaN, infinities, sets, bytes, non-str keys, integers beyond +-(2**53-1)) raise
     ValidationError instead of being silently converted.
     """
-    check_json_value(obj, "value")
+    check_json_value(obj, "value", depth=0, max_depth=MAX_DOCUMENT_DEPTH)  # a trace document holds events
     if pretty:
         return encode_toon_value(_pretty(obj), indent_size=PRETTY_INDENT)
     return encode_toon_value(obj)

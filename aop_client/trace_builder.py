@@ -113,7 +113,7 @@ class TraceBuilder:
             self._events = []
             return self._run_id
 
-    def _record(self, event_type: str, payload: dict) -> dict:
+    def _record(self, event_type: str, payload: dict, name: str | None = None) -> dict:
         now = self._clock()
         with self._lock:  # a seq is taken only by the append: any failure above it takes none
             event = make_event(
@@ -123,6 +123,7 @@ class TraceBuilder:
                 type=event_type,
                 payload=payload,
                 now=now,
+                name=name,
             )
             validate_envelope(event)  # the payload was validated and copied by ToonBuilder
             check_event_size(event, self._max_event_bytes)
@@ -164,9 +165,14 @@ class TraceBuilder:
         """Create and record an ``error`` event; ``message`` may be an exception."""
         return self._record("error", ToonBuilder.build_error_payload(message, error_type, details))
 
-    def create_custom(self, name: str, data: Any = None) -> dict:
-        """Create and record a ``custom`` event named ``name`` carrying any JSON ``data``."""
-        return self._record("custom", ToonBuilder.build_custom_payload(name, data))
+    def create_custom(self, name: str, data: Mapping[str, Any] | None = None) -> dict:
+        """Create and record a ``custom`` event: top-level ``name``, and ``data`` (a dict) as its payload.
+
+        Protocol v1 section 1: the payload is the caller's object itself (``{}`` when
+        ``data`` is None), so a redaction hook sees ``payload["email"]`` as given.
+        """
+        name = ToonBuilder.custom_name(name)
+        return self._record("custom", ToonBuilder.build_custom_payload(data), name)
 
     def get_events(self) -> list[dict]:
         """Return deep copies of the recorded events of the current run, in seq order."""

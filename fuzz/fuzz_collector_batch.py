@@ -136,7 +136,7 @@ def test_authorized_signed_batches_of_hostile_events(collector, batch_id, events
         if isinstance(item, tuple):
             seq, mutation, resign = item
             base = {"event_id": str(uuid.uuid4()), "run_id": run_id, "agent_id": 1, "seq": seq,
-                    "t": "2025-12-05T10:00:00.000Z", "type": "custom", "payload": {}}
+                    "t": "2025-12-05T10:00:00.000Z", "type": "custom", "name": "fuzz", "payload": {}}
             event = _event_variants(sign_event(base, TEST_ORG_SALT_KEY), mutation)
             if resign:
                 try:

@@ -43,7 +43,7 @@ keys = st.sampled_from(TRICKY_STRINGS) | st.text(_characters, max_size=12)
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)  # the protocol's safe integers
     | st.floats(allow_nan=False, allow_infinity=False)
     | strings
 )
@@ -97,8 +97,10 @@ def events(draw: st.DrawFn, *, signed: bool | None = None) -> dict:
         "seq": draw(st.integers(min_value=1, max_value=2**40)),
         "t": draw(timestamps),
         "type": kind,
-        "payload": payload,
     }
+    if kind == "custom":  # protocol v1 section 1: a custom event's name is the top-level "name"
+        event["name"] = draw(strings.filter(bool))
+    event["payload"] = payload
     if draw(st.booleans()):
         event["x_extra"] = draw(json_values)
     if signed if signed is not None else draw(st.booleans()):

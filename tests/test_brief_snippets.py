@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
 from aop_client.signing import verify_event
@@ -37,7 +38,7 @@ SUBSTITUTIONS = [
     (8, "# ... emit events ...",
      'client.emit_event(client.trace_builder.create_final_output(text="done"))'),
     (10, '"t": "2025-12-05T10:00:00Z", ...}',
-     '"t": "2025-12-05T10:00:00Z", "type": "custom", "payload": {"name": "demo"}}'),
+     '"t": "2025-12-05T10:00:00Z", "type": "custom", "name": "demo", "payload": {}}'),
 ]
 
 
@@ -122,10 +123,13 @@ def test_redaction_and_send_hook_snippets(capsys):
     """The brief's redaction hook removes the e-mail before the event is stored."""
     ns = run_block(5)
     client = ns["AOPClient"](ns["config"])
-    event = client.trace_builder.create_custom("contact", {"x": 1})
-    event["payload"] = {"email": "jane@example.com", "phone": "555", "note": "ok"}
+    # As a user writes it: the custom event's payload is the caller's object (protocol v1 section 1).
+    event = client.trace_builder.create_custom("contact", {"email": "jane@example.com", "phone": "555", "note": "ok"})
     result = client.emit_event(event)
-    assert b"jane@example.com" not in result.body and b"[REDACTED]" in result.body
+    assert result and b"jane@example.com" not in result.body and b"555" not in result.body
+    assert orjson.loads(result.body)["payload"] == {"email": "[REDACTED]", "phone": "[REDACTED]", "note": "ok"}
+    spool_files = [path for path in Path(client.config.spool_path).rglob("*") if path.is_file()]
+    assert spool_files and not any(b"jane@example.com" in path.read_bytes() for path in spool_files)
     ns = run_block(6)
     ns["config"].pre_send_hook({"seq": 4})
     ns["config"].post_send_hook({"seq": 4}, True)

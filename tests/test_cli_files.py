@@ -145,7 +145,7 @@ def test_replay_sends_fallback_files(tmp_path: Path, env: dict[str, str], aop_co
     """A fallback file written in the library's format replays in batches (batch size from AOP_BATCH_SIZE)."""
     events = [sign_event({"event_id": f"00000000-0000-4000-8000-{i:012d}", "run_id": "22222222-2222-4222-8222-222222222222",
                           "agent_id": 1, "seq": i + 1, "t": "2025-12-05T10:00:00.000Z", "type": "custom",
-                          "payload": {"name": "n", "data": i}}, TEST_ORG_SALT_KEY) for i in range(7)]
+                          "name": "n", "payload": {"data": i}}, TEST_ORG_SALT_KEY) for i in range(7)]
     run_id = events[0]["run_id"]
     doc = fallback_document(run_id, [(e["seq"], orjson.dumps(e)) for e in events], {"agent_id": 1},
                             now=time.time())
@@ -215,7 +215,7 @@ def test_replay_splits_batches_the_server_finds_too_large(tmp_path: Path, env: d
     run_id = "44444444-4444-4444-8444-444444444444"
     events = [sign_event({"event_id": f"00000000-0000-4000-8000-{i:012d}", "run_id": run_id, "agent_id": 1,
                           "seq": i + 1, "t": "2025-12-05T10:00:00.000Z", "type": "custom",
-                          "payload": {"name": "n", "data": "x" * (2000 if i == 4 else 150)}}, TEST_ORG_SALT_KEY)
+                          "name": "n", "payload": {"data": "x" * (2000 if i == 4 else 150)}}, TEST_ORG_SALT_KEY)
               for i in range(8)]
     path = tmp_path / "big.json"
     path.write_bytes(orjson.dumps({"run_id": run_id, "events": events}))

@@ -94,7 +94,7 @@ def test_invalid_event_raises_a_clear_error_and_stores_nothing(tmp_path):
     """A NaN in the payload raises ValidationError naming the field; the store stays empty."""
     client = AOPClient(make_config(tmp_path, closed_port_url()))
     event = client.trace_builder.create_custom("metric", {"value": 1.0})
-    event["payload"]["data"]["value"] = math.nan
+    event["payload"]["value"] = math.nan
     with pytest.raises(ValidationError) as info:
         client.emit_event(event)
     assert "value" in str(info.value) and "nan" in str(info.value).lower()

@@ -18,6 +18,7 @@ import strategies as S  # noqa: E402
 
 from aop_client import events as ev  # noqa: E402
 from aop_client.errors import ValidationError  # noqa: E402
+from aop_client.protocol import segment  # noqa: E402
 
 CANONICAL_T = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
@@ -200,7 +201,9 @@ def test_check_json_value_names_the_exact_path_of_a_bad_value(path, bad_and_reas
     """A non-JSON value nested anywhere is reported with its full path, e.g. payload.a[0].b."""
     bad, reason = bad_and_reason
     value, text = _insert_at(None, path, bad)
-    expected_field = "payload" + text  # for a non-str key: the path of the object holding it
+    expected_field = "payload" + text
+    if isinstance(bad, dict):  # a bad key: its own path segment, e.g. payload.x[1]
+        expected_field += segment(next(iter(bad)))
     with pytest.raises(ValidationError) as info:
         ev.check_json_value(value)
     assert info.value.field == expected_field

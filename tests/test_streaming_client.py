@@ -39,6 +39,7 @@ def make_run(count: int, run_id: str | None = None, start: int = 1) -> list[byte
                 "seq": seq,
                 "t": "2025-12-05T10:00:00.000Z",
                 "type": "custom",
+                "name": "step",
                 "payload": {"n": seq, "text": "x" * 40},
             },
             TEST_ORG_SALT_KEY,

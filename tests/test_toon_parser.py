@@ -56,10 +56,16 @@ def test_error_and_custom_builders():
     assert ToonBuilder.build_error_payload("m") == {"message": "m"}
     assert ToonBuilder.build_error_payload(ValueError("v"), details={"k": 1}) == {
         "message": "v", "error_type": "ValueError", "details": {"k": 1}}
-    assert ToonBuilder.build_custom_payload("n") == {"name": "n"}
+    assert ToonBuilder.build_custom_payload() == {}
+    data = {"email": "a@example.com", "items": (1, 2)}
+    payload = ToonBuilder.build_custom_payload(data)
+    assert payload == {"email": "a@example.com", "items": [1, 2]} and payload is not data  # the object itself, copied
     with pytest.raises(ValidationError) as info:
-        ToonBuilder.build_custom_payload("")
-    assert info.value.field == "payload.name"
+        ToonBuilder.build_custom_payload("n")
+    assert info.value.field == "payload"
+    with pytest.raises(ValidationError) as info:
+        ToonBuilder.custom_name("")
+    assert info.value.field == "name"
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -69,7 +69,8 @@ def test_error_custom_and_response_payload_shapes():
     assert builder.create_error("boom", error_type="Timeout", details={"after_s": 5})["payload"] == {
         "message": "boom", "error_type": "Timeout", "details": {"after_s": 5}}
     assert builder.create_error(KeyError("k"))["payload"] == {"message": "'k'", "error_type": "KeyError"}
-    assert builder.create_custom("cache_hit", {"key": "a"})["payload"] == {"name": "cache_hit", "data": {"key": "a"}}
+    custom = builder.create_custom("cache_hit", {"key": "a"})
+    assert (custom["name"], custom["payload"]) == ("cache_hit", {"key": "a"})  # protocol v1 section 1
     assert builder.create_action_response("ok", data=[1, 2], meta={"latency_ms": 245})["payload"] == {
         "status": "ok", "data": [1, 2], "meta": {"latency_ms": 245}}
     assert [e["type"] for e in builder.get_events()] == ["error", "error", "custom", "action_response"]
@@ -89,9 +90,12 @@ INVALID_CALLS = [
     ("create_action_request", dict(action="a", params=["q"]), "payload.params"),
     ("create_action_request", dict(action=5), "payload.action"),
     ("create_action_response", dict(status="ok", data={"n": 2**60}), "payload.data.n"),
-    ("create_final_output", dict(text="t", structured={"k": {3: "v"}}), "payload.structured.k"),
+    ("create_final_output", dict(text="t", structured={"k": {3: "v"}}), "payload.structured.k[3]"),
     ("create_error", dict(message="m", details={"x": float("nan")}), "payload.details.x"),
-    ("create_custom", dict(name="n", data={"b": bytearray(b"1")}), "payload.data.b"),
+    ("create_custom", dict(name="n", data={"b": bytearray(b"1")}), "payload.b"),
+    ("create_custom", dict(name="n", data=[1]), "payload"),
+    ("create_custom", dict(name="", data={}), "name"),
+    ("create_custom", dict(name="n", data={"n": 2**53}), "payload.n"),
 ]
 
 
@@ -179,7 +183,7 @@ CREATORS = st.sampled_from([
     lambda b: b.create_action_response("ok"),
     lambda b: b.create_final_output("done"),
     lambda b: b.create_error("bad"),
-    lambda b: b.create_custom("c", [1]),
+    lambda b: b.create_custom("c", {"v": [1]}),
 ])
 
 

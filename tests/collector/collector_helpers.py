@@ -25,6 +25,7 @@ def make_event(run_id: str, seq: int, key: Optional[str], *, agent_id: int = 7, 
         "seq": seq,
         "t": "2025-12-05T10:00:00.000Z",
         "type": "custom",
+        "name": "step",  # protocol v1 section 1: a custom event's name is top-level
         "payload": {"n": seq} if payload is None else payload,
     }
     return sign_event(event, key) if key else event

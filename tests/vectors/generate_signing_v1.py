@@ -87,6 +87,7 @@ EVENT_CASES = [
                 "min_int": -(2**53 - 1),
                 "zero": 0,
             },
+            name="numbers",  # protocol v1 section 1: a custom event's name is top-level
         ),
     ),
     (
