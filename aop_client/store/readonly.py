@@ -13,7 +13,7 @@ therefore creates, chmods, locks and writes nothing under the directory:
   file, so a checkpoint that restarted the log in between is seen and the read
   retried; a torn last frame is ignored by SQLite's own WAL checksums;
 * segment files count only when the spool's owner owns them (``owner_uid``);
-* every method that would change the store raises :class:`StoreError`.
+* every public method of DiskStore but ``stats()`` and ``close()`` raises :class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from ..errors import StoreError
 from . import state
 from .direct_lease import DirectLeases
+from .disk_store import DiskStore
 from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
 from .layout import INDEX_NAME, describe, owned_file, prepare_directory
 
@@ -160,7 +161,10 @@ class ReadOnlyStore(InspectionMixin):
         self.close()
 
 
-for _name in ("append", "begin_epoch", "lease", "ack", "release", "dead_letter", "fallback", "retry_fallback",
-              "mark_delivered", "iter_run", "dead_letters", "retry_dead_letters", "purge_dead_letters", "reclaim"):
-    setattr(ReadOnlyStore, _name, _refuses(_name))
+#: What the inspection view does; every other public method of DiskStore (all of which write, ingest or
+#: read bodies through the index's repair path) is refused, including any added later.
+READ_ONLY_METHODS = frozenset({"stats", "close"})
+for _name in dir(DiskStore):
+    if not _name.startswith("_") and _name not in READ_ONLY_METHODS and callable(getattr(DiskStore, _name)):
+        setattr(ReadOnlyStore, _name, _refuses(_name))
 del _name
