@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aop_client import AOPClient, ClientConfig
 from aop_client.election import LOCK_FILE_NAME, FlusherElection
@@ -124,6 +126,32 @@ def test_our_directory_readable_by_others_is_made_private(tmp_path) -> None:
         assert store.append("e", "r", 1, b"x").stored
     assert stat.S_IMODE(os.lstat(spool).st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(spool / "segments").st_mode) == 0o700
+
+
+@settings(max_examples=60, deadline=None)
+@given(mode=st.integers(0, 0o777), owner=st.sampled_from([0, NOBODY]),
+       inner=st.sampled_from([None, "segments", "quarantine"]))
+def test_a_spool_directory_is_accepted_exactly_when_ours_and_writable_by_no_one_else(mode, owner, inner) -> None:
+    """For every mode and owner of the spool or a directory in it: opened iff ours and not group/other-writable
+    (then 0700), else a StoreError naming it, with the mode left as it was. (We are root: 0 is us.)"""
+    base = tempfile.mkdtemp(prefix="aop-mode-")
+    try:
+        spool = os.path.join(base, "spool")
+        DiskStore(spool).close()
+        target = spool if inner is None else os.path.join(spool, inner)
+        os.chown(target, owner, owner)
+        os.chmod(target, mode | 0o700)  # the owner bits stay usable: only the others' bits are in question
+        ours = owner == os.geteuid() and not mode & 0o022
+        if ours:
+            DiskStore(spool).close()
+            assert stat.S_IMODE(os.lstat(target).st_mode) == 0o700
+        else:
+            with pytest.raises(StoreError) as info:
+                DiskStore(spool)
+            assert target in str(info.value)
+            assert stat.S_IMODE(os.lstat(target).st_mode) == mode | 0o700
+    finally:
+        shutil.rmtree(base)
 
 
 @pytest.mark.parametrize("name", ["segments", "quarantine"])
