@@ -78,11 +78,13 @@ def _open_dir(name: str, path: str, dir_fd: int | None = None) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            st = os.lstat(name, dir_fd=dir_fd)
-            raise StoreError(f"refusing {describe(path, st)} in the spool: a directory was expected; "
-                             f"remove it (`rm {path}`) and open the store again") from None
-        raise
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        st = os.lstat(name, dir_fd=dir_fd)
+        if dir_fd is None:  # the spool path itself: perhaps just a wrong path, never advise removing it
+            raise StoreError(f"store directory {path!r} is not a directory ({describe(path, st)})") from None
+        raise StoreError(f"refusing {describe(path, st)} in the spool: a directory was expected; "
+                         f"remove it (`rm {path}`) and open the store again") from None
 
 
 def _make_parents_private(path: str) -> None:
