@@ -33,6 +33,7 @@ from aiohttp import web
 from ..errors import TransportError
 from .app import make_app
 from .config import CollectorConfig
+from .connections import GUARD_KEY, GuardedSite, raise_nofile_limit
 from .faults import FaultConfig, FaultInjector
 from .storage import CollectorStorage
 
@@ -63,9 +64,9 @@ async def _serve(config: CollectorConfig, storage: CollectorStorage,
     app = make_app(config, storage, injector)
     # auto_decompress=False: decode_body gunzips with our own size bound (no gzip bombs).
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT,
-                           auto_decompress=False)
+                           auto_decompress=False, keepalive_timeout=config.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = GuardedSite(runner, app[GUARD_KEY], config.host, config.port)
     try:
         await site.start()
     except OSError as e:
@@ -79,6 +80,7 @@ async def _serve(config: CollectorConfig, storage: CollectorStorage,
 
 def run(config: CollectorConfig, *, announce: Any = None) -> None:
     """Serve ``config`` until SIGINT or SIGTERM; prints READY_PREFIX + URL (to ``announce`` or stdout)."""
+    raise_nofile_limit()  # this process is the server: every descriptor its hard limit allows
     storage = CollectorStorage(config.db_path)
 
     async def main() -> None:
@@ -269,8 +271,12 @@ def _read_ready_line(popen: subprocess.Popen, timeout: float) -> str:
     return line[len(READY_PREFIX):].strip()
 
 
-def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0) -> CollectorProcess:
-    """Start a collector as a child process (secrets passed in its environment, not argv)."""
+def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
+                            preexec_fn: Any = None) -> CollectorProcess:
+    """Start a collector as a child process (secrets passed in its environment, not argv).
+
+    ``preexec_fn`` runs in the child before it starts (e.g. to lower its RLIMIT_NOFILE in a test).
+    """
     temp_dir = None
     if config.db_path is None:
         temp_dir = tempfile.mkdtemp(prefix="aop-collector-")
@@ -286,9 +292,12 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0) -
     argv = [sys.executable, "-m", "aop_client.collector", "--host", config.host, "--port", str(config.port),
             "--db", config.db_path, "--max-body-bytes", str(config.max_body_bytes),
             "--max-decompressed-bytes", str(config.max_decompressed_bytes),
-            "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control"]
+            "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control",
+            "--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
+            "--body-min-rate", str(config.body_min_rate), "--keepalive-timeout", repr(config.keepalive_timeout),
+            "--max-connections", str(config.max_connections), "--ws-heartbeat", repr(config.ws_heartbeat)]
     if not config.enable_streaming:
         argv.append("--no-streaming")
-    popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     url = _read_ready_line(popen, timeout)
     return CollectorProcess(config, popen, url, temp_dir)
