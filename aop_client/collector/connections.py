@@ -260,13 +260,11 @@ class ConnectionGuard:
             try:
                 client, _ = await loop.sock_accept(sock)
             except OSError as e:
-                if e.errno not in _OUT_OF_RESOURCES:
-                    if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                        continue  # the client went away while queued
-                    raise
-                self._note("accept_failures", f"cannot accept a connection: {e.strerror}; closing idle "
-                                              "connections and retrying")
-                self._make_room()
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the client went away while queued
+                self._note("accept_failures", f"cannot accept a connection: {e.strerror or e}; retrying")
+                if e.errno in _OUT_OF_RESOURCES:
+                    self._make_room()  # out of descriptors: an idle or stalled connection gives one back
                 await asyncio.sleep(_ACCEPT_RETRY)
                 continue
             try:
@@ -314,29 +312,42 @@ GUARD_KEY = web.AppKey("aop_collector_guard", ConnectionGuard)
 class _Listener:
     """What BaseSite.stop() and runner.addresses need of a server: ``sockets`` and ``close()``."""
 
-    def __init__(self, sock: socket.socket, task: asyncio.Task) -> None:
-        self.sockets = [sock]
-        self._task = task
+    def __init__(self, sockets: list, tasks: list) -> None:
+        self.sockets = sockets
+        self._tasks = tasks
 
     def close(self) -> None:
-        self._task.cancel()  # the sockets are closed once the accept loop has let go of them
-        self._task.add_done_callback(lambda _task: [sock.close() for sock in self.sockets])
+        for sock, task in zip(self.sockets, self._tasks):
+            task.cancel()  # the socket is closed once its accept loop has let go of it
+            task.add_done_callback(lambda _task, sock=sock: sock.close())
 
 
-def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """A non-blocking socket listening on the first address ``host`` resolves to (OSError when it cannot)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+def listen(host: str, port: int, backlog: int) -> list:
+    """Non-blocking sockets listening on every address ``host`` resolves to, as asyncio's create_server binds them.
+
+    Raises OSError (none left open) when one cannot be bound.
+    """
+    sockets: list = []
+    seen = set()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
+        for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                  flags=socket.AI_PASSIVE):
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 address of the same host is its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets
 
 
 class GuardedSite(web.BaseSite):
@@ -357,10 +368,11 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        sock = listen(self._host, self._port, self._backlog)
+        sockets = listen(self._host, self._port, self._backlog)
         self._guard.start()
-        task = asyncio.get_running_loop().create_task(self._guard.accept(sock, server))
-        self._server = _Listener(sock, task)  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._guard.accept(sock, server)) for sock in sockets]
+        self._server = _Listener(sockets, tasks)  # type: ignore[assignment]
 
     async def stop(self) -> None:
         self._guard.stop()

@@ -99,7 +99,7 @@ def test_stalled_heads_beyond_the_fd_limit_are_closed_within_header_timeout_and_
         assert time.monotonic() - opened < header_timeout + 5.0
         counters = _connections(collector)
         assert counters["header_timeouts"] + counters["evicted"] >= STALLED
-        assert counters["limit"] < FD_LIMIT
+        assert counters["limit"] < FD_LIMIT and counters["accept_failures"] == 0  # never out of descriptors
         run_id, events = make_run(3, collector.org_salt_key)  # a normal upload after the attack
         assert post_batch(collector, events)[1]["accepted"] == 3
         assert collector.events(run_id) == events
@@ -118,6 +118,7 @@ def test_the_connection_limit_evicts_the_oldest_stalled_connection_first(aop_col
         counters = _connections(collector)
         assert counters["evicted"] >= STALLED - counters["limit"]
         assert counters["open"] <= counters["limit"] and counters["header_timeouts"] == 0
+        assert counters["accept_failures"] == 0
         assert not _closed_by_peer(socks[-1])  # the newest stalled socket is still waiting for its timer
         run_id, events = make_run(2, collector.org_salt_key)
         assert post_batch(collector, events)[1]["accepted"] == 2
