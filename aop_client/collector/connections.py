@@ -33,8 +33,8 @@ At most ``limit`` connections are open: ``max_connections``, lowered to what
 the process's ``RLIMIT_NOFILE`` leaves (:func:`fd_budget`). A connection
 beyond the limit makes room by closing the oldest idle or stalled connection
 (no byte yet, or a head not complete), then the oldest one still sending a
-body (408); when every connection is running a handler, new ones wait in the
-listen backlog until one is done. So a flood of stalled sockets never keeps
+body (408); when every connection is running a handler, the new one waits
+(and the ones after it in the listen backlog) until one is done. So a flood of stalled sockets never keeps
 ``/api/v1/health`` out.
 :func:`raise_nofile_limit` raises the soft limit to the hard one at start.
 """
@@ -197,8 +197,9 @@ class ConnectionGuard:
             self._sweeper = None
 
     def counters(self) -> dict:
-        """Open connections, the limit, and how many were closed for each reason."""
-        return {"open": len(self.conns), "limit": self.limit, **self._counts}
+        """Open connections, those reading a body, the limit, and how many were closed for each reason."""
+        bodies = sum(1 for conn in self.conns.values() if conn.body is not None)
+        return {"open": len(self.conns), "reading_bodies": bodies, "limit": self.limit, **self._counts}
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -249,14 +250,12 @@ class ConnectionGuard:
         return False
 
     async def accept(self, sock: socket.socket, inner_factory: Callable[[], asyncio.Protocol]) -> None:
-        """Accept connections on ``sock`` one at a time, never more than ``limit`` open (the site's task)."""
+        """Accept connections on ``sock`` one at a time, never more than ``limit`` open (the site's task).
+
+        A connection accepted at the limit is held (one descriptor beyond it) until room is made for it.
+        """
         loop = self.loop
         while True:
-            while len(self.conns) >= self.limit and not self._make_room():
-                self._note("accept_waits", "not accepting for now: %d connections open, the limit, all running "
-                                           "a request" % self.limit)
-                self._room.clear()
-                await self._room.wait()
             try:
                 client, _ = await loop.sock_accept(sock)
             except OSError as e:
@@ -268,9 +267,17 @@ class ConnectionGuard:
                 await asyncio.sleep(_ACCEPT_RETRY)
                 continue
             try:
+                while len(self.conns) >= self.limit and not self._make_room():
+                    self._note("accept_waits", "a new connection waits: %d connections open, the limit, all "
+                                               "running a request" % self.limit)
+                    self._room.clear()
+                    await self._room.wait()
                 await loop.connect_accepted_socket(lambda: _Guarded(self, inner_factory()), client)
             except OSError:
                 client.close()
+            except BaseException:
+                client.close()
+                raise
 
     async def _sweep(self) -> None:
         while True:

@@ -9,7 +9,8 @@
 
 Both handles answer the same queries, read from the collector's SQLite file:
 ``event_ids()``, ``events(run_id)``, ``delivery_count(event_id)``,
-``duplicate_deliveries()``, ``request_log()``, ``completions()``, ``stats()``.
+``duplicate_deliveries()``, ``request_log()``, ``completions()``, ``stats()``; and
+``connections()``, the connection guard's counters.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class _Queries:
         return self.storage.completions(run_id)
 
     def stats(self) -> dict:
-        """The counters of GET /api/v1/stats."""
+        """The counters of GET /api/v1/stats (without ``connections``: see connections())."""
         return self.storage.stats()
 
 
@@ -173,6 +174,13 @@ class RunningCollector(_Queries):
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the fault configuration (its seeded sequence restarts)."""
         self.injector.set(faults)
+
+    def connections(self) -> dict:
+        """The connection guard's counters (``connections`` of GET /api/v1/stats), read on the server's loop."""
+        async def read() -> dict:
+            return self._runner.app[GUARD_KEY].counters()
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=30)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -227,6 +235,12 @@ class CollectorProcess(_Queries):
             if answer.status != 200:
                 raise TransportError(f"collector refused the fault configuration: HTTP {answer.status}",
                                      status=answer.status, retryable=False)
+
+    def connections(self) -> dict:
+        """The connection guard's counters, from GET /api/v1/stats (whose own connection counts in ``open``)."""
+        request = urllib.request.Request(self.url + "/api/v1/stats", headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())["connections"]
 
     def kill(self) -> None:
         """SIGKILL the child (a crash: nothing is flushed beyond what SQLite committed)."""

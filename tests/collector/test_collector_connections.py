@@ -71,15 +71,6 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def _connections(collector) -> dict:
-    conn = http.client.HTTPConnection(*_address(collector), timeout=10)
-    try:
-        conn.request("GET", "/api/v1/stats", headers={"Authorization": f"Bearer {TEST_API_KEY}"})
-        return orjson.loads(conn.getresponse().read())["connections"]
-    finally:
-        conn.close()
-
-
 def _close_all(socks: list[socket.socket]) -> None:
     for sock in socks:
         sock.close()
@@ -97,7 +88,7 @@ def test_stalled_heads_beyond_the_fd_limit_are_closed_within_header_timeout_and_
             assert _health(collector) < HEALTH_BOUND
         wait_until(lambda: all(_closed_by_peer(s) for s in socks), timeout=header_timeout + 5.0)
         assert time.monotonic() - opened < header_timeout + 5.0
-        counters = _connections(collector)
+        counters = collector.connections()
         assert counters["header_timeouts"] + counters["evicted"] >= STALLED
         assert counters["limit"] < FD_LIMIT and counters["accept_failures"] == 0  # never out of descriptors
         run_id, events = make_run(3, collector.org_salt_key)  # a normal upload after the attack
@@ -115,7 +106,7 @@ def test_the_connection_limit_evicts_the_oldest_stalled_connection_first(aop_col
         for _ in range(5):
             assert _health(collector) < HEALTH_BOUND
         wait_until(lambda: _closed_by_peer(socks[0]), timeout=10)
-        counters = _connections(collector)
+        counters = collector.connections()
         assert counters["evicted"] >= STALLED - counters["limit"]
         assert counters["open"] <= counters["limit"] and counters["header_timeouts"] == 0
         assert counters["accept_failures"] == 0
@@ -170,7 +161,7 @@ def test_a_slow_body_gets_408_and_nothing_of_it_is_stored(aop_collector_factory,
     assert took < (0.5 if rule == "body_timeout" else RATE_GRACE) + 3.0
     wait_until(lambda: [r for r in collector.request_log() if r["status"] == 408], timeout=5)
     assert collector.event_ids() == set()
-    assert _connections(collector)["body_timeouts"] == 1
+    assert collector.connections()["body_timeouts"] == 1
     assert post_batch(collector, events)[1]["accepted"] == 5  # the same batch, sent whole, is stored
 
 
@@ -274,4 +265,54 @@ def test_serving_raises_the_soft_open_file_limit_to_the_hard_one(aop_collector_f
     raised = 65536 if hard == resource.RLIM_INFINITY else hard
     assert int(line.split()[3]) == raised
     if raised > 2048:  # room for every connection of the default max_connections
-        assert _connections(collector)["limit"] == 1024
+        assert collector.connections()["limit"] == 1024
+
+
+def _ws_connect(collector, run_id: str):
+    import websocket
+
+    return websocket.create_connection(collector.url.replace("http", "ws") + f"/ws/trace/{run_id}",
+                                       header=[f"Authorization: Bearer {TEST_API_KEY}"], timeout=10)
+
+
+def test_websocket_streams_count_toward_the_limit_and_are_never_evicted(aop_collector_factory) -> None:
+    """max_connections=2 held by two streams: a third connection waits (no stream is cut) until one ends."""
+    collector = aop_collector_factory(max_connections=2)
+    run_id, events = make_run(2, collector.org_salt_key)
+    first, second = _ws_connect(collector, run_id), _ws_connect(collector, run_id)
+    try:
+        first.send(json.dumps(events[0]))
+        assert json.loads(first.recv()) == {"ack": events[0]["event_id"]}  # both streams are running
+        with socket.create_connection(_address(collector), timeout=10) as waiting:
+            waiting.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            waiting.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                waiting.recv(1)  # not served while both streams run
+            second.send(json.dumps(events[1]))
+            assert json.loads(second.recv()) == {"ack": events[1]["event_id"]}  # and no stream was cut
+            first.close()
+            assert _answer_then_close(waiting, timeout=10).startswith(b"HTTP/1.1 200 ")
+    finally:
+        first.close()
+        second.close()
+    assert collector.events(run_id) == events
+    counters = collector.connections()
+    assert counters["accept_waits"] >= 1 and counters["evicted"] == 0
+
+
+def test_at_the_limit_the_oldest_stalled_body_makes_room_with_408(aop_collector_factory) -> None:
+    """max_connections=2 held by two stalled bodies: a health check gets in, the oldest body gets 408."""
+    collector = aop_collector_factory(max_connections=2, body_timeout=300.0, body_min_rate=0)
+    oldest, _ = _send_partial_batch(collector, 0.5)
+    wait_until(lambda: collector.connections()["reading_bodies"] == 1, timeout=5)
+    newest, _ = _send_partial_batch(collector, 0.5)
+    wait_until(lambda: collector.connections()["reading_bodies"] == 2, timeout=5)
+    try:
+        assert _health(collector) < HEALTH_BOUND
+        assert _answer_then_close(oldest, timeout=10).startswith(b"HTTP/1.1 408 ")
+        assert not _closed_by_peer(newest)
+        assert collector.connections()["evicted"] == 1
+    finally:
+        oldest.close()
+        newest.close()
+    assert collector.event_ids() == set()
