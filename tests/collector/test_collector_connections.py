@@ -98,6 +98,36 @@ def test_stalled_heads_beyond_the_fd_limit_are_closed_within_header_timeout_and_
         _close_all(socks)
 
 
+def test_a_head_is_bounded_from_its_first_byte_however_slowly_it_trickles(aop_collector_factory) -> None:
+    """header_timeout runs from a head's first byte: stalled heads and a head sent one byte at a time are cut."""
+    header_timeout = 0.5
+    collector = aop_collector_factory(header_timeout=header_timeout)
+    stalled = _stall(collector, 10)
+    trickle = socket.create_connection(_address(collector), timeout=5)
+    began = time.monotonic()
+    try:
+        if time.monotonic() - began < header_timeout * 0.8:
+            assert not any(_closed_by_peer(s) for s in stalled)  # not before their time
+        closed = False
+        for byte in (b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: " + b"a" * 4000):
+            try:
+                trickle.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            closed = closed or bool(select.select([trickle], [], [], 0.02)[0]) and _closed_by_peer(trickle)
+            if closed:
+                break
+            assert time.monotonic() - began < header_timeout + 5.0
+        took = time.monotonic() - began
+        assert closed
+        assert header_timeout * 0.8 <= took < header_timeout + 5.0
+        wait_until(lambda: all(_closed_by_peer(s) for s in stalled), timeout=header_timeout + 5.0)
+    finally:
+        _close_all(stalled + [trickle])
+    assert collector.connections()["header_timeouts"] == 11
+    assert _health(collector) < HEALTH_BOUND
+
+
 def test_the_connection_limit_evicts_the_oldest_stalled_connection_first(aop_collector_factory) -> None:
     """With a long header_timeout, a flood past the limit closes the oldest stalled sockets; health still answers."""
     collector = aop_collector_factory(process=True, preexec_fn=_low_fd_limit, header_timeout=300.0)
