@@ -1,8 +1,9 @@
 """Connection bounds of the reference collector: how long a request head, a body and an idle connection may take, and how many connections at once.
 
 aiohttp bounds the *size* of a request head (``max_line_size``,
-``max_field_size``, ``max_headers``) and body (``client_max_size``) and closes
-an idle keep-alive connection after ``keepalive_timeout``, but nothing bounds
+``max_field_size``, ``max_headers``) and body (``client_max_size``), and
+(in recent versions, from the connection's start) the idle time of a
+keep-alive connection (``keepalive_timeout``), but nothing bounds
 the *time* a client takes to send a head or a body, nor the number of open
 connections: 70 sockets that send half a head hold 70 file descriptors until
 the process has none left and ``accept()`` fails for everybody, health checks
@@ -16,26 +17,28 @@ connection:
   and when the handler is done (the connection is idle again);
 * :meth:`ConnectionGuard.read_body` notes when a handler reads a body;
 * one sweep task, every ``tick`` seconds, closes a connection whose head is
-  not complete ``header_timeout`` seconds after its first byte, and answers
-  ``408`` and closes a connection whose body is not complete after
-  ``body_timeout`` seconds or arrives slower than ``body_min_rate`` bytes/s
-  (after ``RATE_GRACE`` seconds): the handler's read raises
-  :class:`BodyTimeout`, so nothing of that body is stored or acknowledged.
+  not complete ``header_timeout`` seconds after its first byte, and one idle
+  (connected, or done with a request, and no byte of a next one) for
+  ``keepalive_timeout`` seconds (a response still being written to a peer
+  that does not read counts as idle); it answers ``408`` and closes a
+  connection whose body is not complete after ``body_timeout`` seconds or
+  arrives slower than ``body_min_rate`` bytes/s (after ``RATE_GRACE``
+  seconds): the handler's read raises :class:`BodyTimeout`, so nothing of
+  that body is stored or acknowledged;
 * the site accepts connections itself (one at a time, ``loop.sock_accept``),
   so it never accepts more than the limit and never spins on ``EMFILE``.
 
-Idle connections (connected, or between requests, with no byte of a next
-request yet) are closed by aiohttp's own ``keepalive_timeout``. A WebSocket
-(or a chunked stream) is a handler that runs long on purpose: no timer of
-this module touches it; the WebSocket route's heartbeat bounds a dead peer.
+A WebSocket (or a chunked stream) is a handler that runs long on purpose: no
+timer of this module touches it; the WebSocket route's heartbeat bounds a
+dead peer.
 
 At most ``limit`` connections are open: ``max_connections``, lowered to what
 the process's ``RLIMIT_NOFILE`` leaves (:func:`fd_budget`). A connection
 beyond the limit makes room by closing the oldest idle or stalled connection
 (no byte yet, or a head not complete), then the oldest one still sending a
 body (408); when every connection is running a handler, the new one waits
-(and the ones after it in the listen backlog) until one is done. So a flood of stalled sockets never keeps
-``/api/v1/health`` out.
+(and the ones after it in the listen backlog) until one is done. So a flood
+of stalled sockets never keeps ``/api/v1/health`` out.
 :func:`raise_nofile_limit` raises the soft limit to the hard one at start.
 """
 
@@ -118,6 +121,7 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.since = self.guard.loop.time()  # idle from now
         self.inner.connection_made(transport)
         self.guard._admit(self)
 
@@ -163,17 +167,18 @@ class _Guarded(asyncio.Protocol):
 class ConnectionGuard:
     """The connection bounds of one collector (see the module docstring); ``counters()`` for /api/v1/stats."""
 
-    def __init__(self, *, header_timeout: float, body_timeout: float, body_min_rate: int,
+    def __init__(self, *, header_timeout: float, body_timeout: float, body_min_rate: int, keepalive_timeout: float,
                  max_connections: int) -> None:
         self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.body_timeout = body_timeout
         self.body_min_rate = body_min_rate
         self.max_connections = max_connections
         self.limit = max_connections
-        self.tick = min(1.0, max(0.05, min(header_timeout, body_timeout) / 5))
+        self.tick = min(1.0, max(0.05, min(header_timeout, body_timeout, keepalive_timeout) / 5))
         self.conns: dict[Any, _Guarded] = {}  # aiohttp protocol -> its connection, in order of arrival
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
-        self._counts = {"header_timeouts": 0, "body_timeouts": 0, "evicted": 0, "accept_waits": 0,
+        self._counts = {"header_timeouts": 0, "idle_timeouts": 0, "body_timeouts": 0, "evicted": 0, "accept_waits": 0,
                         "accept_failures": 0}
         self._logged: dict[str, float] = {}
         self._sweeper: Optional[asyncio.Task] = None
@@ -211,8 +216,7 @@ class ConnectionGuard:
         try:
             return await handler(request)
         finally:
-            conn.phase = _IDLE
-            conn.body = None
+            conn.phase, conn.since, conn.body = _IDLE, self.loop.time(), None
             self._room.set()  # an accept loop waiting for an idle connection to close may go on
 
     async def read_body(self, request: web.BaseRequest) -> bytes:
@@ -287,6 +291,10 @@ class ConnectionGuard:
                 if conn.phase == _HEAD and now - conn.since > self.header_timeout:
                     self._note("header_timeouts", "closed a connection whose request head was not complete "
                                                   "within header_timeout=%gs" % self.header_timeout)
+                    conn.close()
+                elif conn.phase == _IDLE and now - conn.since > self.keepalive_timeout:
+                    self._note("idle_timeouts", "closed a connection idle for keepalive_timeout=%gs"
+                               % self.keepalive_timeout)
                     conn.close()
                 elif conn.body is not None and not conn.body.content.is_eof():
                     self._judge_body(conn, now)

@@ -65,7 +65,7 @@ async def _serve(config: CollectorConfig, storage: CollectorStorage,
     app = make_app(config, storage, injector)
     # auto_decompress=False: decode_body gunzips with our own size bound (no gzip bombs).
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT,
-                           auto_decompress=False, keepalive_timeout=config.keepalive_timeout)
+                           auto_decompress=False, keepalive_timeout=config.keepalive_timeout)  # the guard's too
     await runner.setup()
     site = GuardedSite(runner, app[GUARD_KEY], config.host, config.port)
     try:

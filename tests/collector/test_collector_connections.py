@@ -196,9 +196,11 @@ def test_a_slow_body_gets_408_and_nothing_of_it_is_stored(aop_collector_factory,
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(aop_collector_factory) -> None:
-    """After a response, a keep-alive connection with no next request is closed keepalive_timeout later."""
+    """After a response, or from its start when silent, a connection is closed keepalive_timeout later."""
     keepalive = 1.0
     collector = aop_collector_factory(keepalive_timeout=keepalive, header_timeout=0.2)
+    silent = socket.create_connection(_address(collector), timeout=10)  # never sends a byte
+    silent_since = time.monotonic()
     conn = http.client.HTTPConnection(*_address(collector), timeout=10)
     try:
         conn.request("GET", "/api/v1/health")
@@ -207,9 +209,14 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(aop_col
         idle_since = time.monotonic()
         wait_until(lambda: _closed_by_peer(conn.sock), timeout=keepalive + 5.0)
         idle = time.monotonic() - idle_since
+        wait_until(lambda: _closed_by_peer(silent), timeout=keepalive + 5.0)
+        silent_for = time.monotonic() - silent_since
     finally:
         conn.close()
-    assert keepalive * 0.8 <= idle < keepalive + 5.0  # idle is not a stalled head: header_timeout does not apply
+        silent.close()
+    # idle is not a stalled head: header_timeout (0.2 s) does not apply to either
+    assert keepalive * 0.8 <= idle < keepalive + 5.0
+    assert keepalive * 0.8 <= silent_for < keepalive + 5.0
 
 
 def test_websocket_stream_outlives_header_body_and_idle_timers(aop_collector_factory) -> None:
