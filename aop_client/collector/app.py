@@ -372,9 +372,7 @@ def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optio
     """Build the collector's aiohttp application around ``storage``."""
     injector = injector or FaultInjector(config.faults)
     executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="aop-collector")
-    guard = ConnectionGuard(header_timeout=config.header_timeout, body_timeout=config.body_timeout,
-                            body_min_rate=config.body_min_rate, keepalive_timeout=config.keepalive_timeout,
-                            max_connections=config.max_connections)
+    guard = ConnectionGuard(config)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
     app[STATE_KEY] = CollectorState(config, storage, injector, executor)
     app[GUARD_KEY] = guard

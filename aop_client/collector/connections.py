@@ -1,4 +1,4 @@
-"""Connection bounds of the reference collector: how long a request head, a body and an idle connection may take, and how many connections at once.
+"""Connection bounds of the reference collector: how long a head, a body, an idle connection may take; how many.
 
 aiohttp bounds the *size* of a request head (``max_line_size``,
 ``max_field_size``, ``max_headers``) and body (``client_max_size``), and
@@ -52,6 +52,8 @@ import socket
 from typing import Any, Callable, Optional
 
 from aiohttp import web
+
+from .config import CollectorConfig
 
 __all__ = ["ConnectionGuard", "GuardedSite", "BodyTimeout", "GUARD_KEY", "fd_budget", "raise_nofile_limit",
            "RATE_GRACE", "FD_RESERVE"]
@@ -167,15 +169,10 @@ class _Guarded(asyncio.Protocol):
 class ConnectionGuard:
     """The connection bounds of one collector (see the module docstring); ``counters()`` for /api/v1/stats."""
 
-    def __init__(self, *, header_timeout: float, body_timeout: float, body_min_rate: int, keepalive_timeout: float,
-                 max_connections: int) -> None:
-        self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.body_timeout = body_timeout
-        self.body_min_rate = body_min_rate
-        self.max_connections = max_connections
-        self.limit = max_connections
-        self.tick = min(1.0, max(0.05, min(header_timeout, body_timeout, keepalive_timeout) / 5))
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config  # header_timeout, body_timeout, body_min_rate, keepalive_timeout, max_connections
+        self.limit = config.max_connections
+        self.tick = min(1.0, max(0.05, min(config.header_timeout, config.body_timeout, config.keepalive_timeout) / 5))
         self.conns: dict[Any, _Guarded] = {}  # aiohttp protocol -> its connection, in order of arrival
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._counts = {"header_timeouts": 0, "idle_timeouts": 0, "body_timeouts": 0, "evicted": 0, "accept_waits": 0,
@@ -188,11 +185,12 @@ class ConnectionGuard:
         """Fix the limit from the descriptors left, and start sweeping (on the running loop)."""
         self.loop = asyncio.get_running_loop()
         budget = fd_budget()
-        if budget is not None and budget < self.max_connections:
+        if budget is not None and budget < self.config.max_connections:
             self.limit = max(1, budget)
-            log.log(logging.WARNING if self.limit < _FEW else logging.INFO,"collector: serving at most %d connections, not max_connections=%d: the open-file limit "
-                        "(RLIMIT_NOFILE) leaves no more; raise it (ulimit -n) to serve more", self.limit,
-                        self.max_connections)
+            log.log(logging.WARNING if self.limit < _FEW else logging.INFO,
+                    "collector: serving at most %d connections, not max_connections=%d: the open-file limit "
+                    "(RLIMIT_NOFILE) leaves no more; raise it (ulimit -n) to serve more", self.limit,
+                    self.config.max_connections)
         self._sweeper = self.loop.create_task(self._sweep())
 
     def stop(self) -> None:
@@ -288,24 +286,24 @@ class ConnectionGuard:
             await asyncio.sleep(self.tick)
             now = self.loop.time()
             for conn in list(self.conns.values()):
-                if conn.phase == _HEAD and now - conn.since > self.header_timeout:
+                if conn.phase == _HEAD and now - conn.since > self.config.header_timeout:
                     self._note("header_timeouts", "closed a connection whose request head was not complete "
-                                                  "within header_timeout=%gs" % self.header_timeout)
+                                                  "within header_timeout=%gs" % self.config.header_timeout)
                     conn.close()
-                elif conn.phase == _IDLE and now - conn.since > self.keepalive_timeout:
+                elif conn.phase == _IDLE and now - conn.since > self.config.keepalive_timeout:
                     self._note("idle_timeouts", "closed a connection idle for keepalive_timeout=%gs"
-                               % self.keepalive_timeout)
+                               % self.config.keepalive_timeout)
                     conn.close()
                 elif conn.body is not None and not conn.body.content.is_eof():
                     self._judge_body(conn, now)
 
     def _judge_body(self, conn: _Guarded, now: float) -> None:
         elapsed = now - conn.body_since
-        if elapsed > self.body_timeout:
-            why = "request body not received within body_timeout=%gs" % self.body_timeout
-        elif (self.body_min_rate and elapsed > RATE_GRACE
-              and conn.body.content.total_bytes < self.body_min_rate * elapsed):  # type: ignore[union-attr]
-            why = "request body arrives slower than body_min_rate=%d bytes/s" % self.body_min_rate
+        if elapsed > self.config.body_timeout:
+            why = "request body not received within body_timeout=%gs" % self.config.body_timeout
+        elif (self.config.body_min_rate and elapsed > RATE_GRACE
+              and conn.body.content.total_bytes < self.config.body_min_rate * elapsed):  # type: ignore[union-attr]
+            why = "request body arrives slower than body_min_rate=%d bytes/s" % self.config.body_min_rate
         else:
             return
         self._note("body_timeouts", "answered 408 and closed: " + why)

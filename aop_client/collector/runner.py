@@ -238,7 +238,8 @@ class CollectorProcess(_Queries):
 
     def connections(self) -> dict:
         """The connection guard's counters, from GET /api/v1/stats (whose own connection counts in ``open``)."""
-        request = urllib.request.Request(self.url + "/api/v1/stats", headers={"Authorization": f"Bearer {self.api_key}"})
+        request = urllib.request.Request(self.url + "/api/v1/stats",
+                                         headers={"Authorization": f"Bearer {self.api_key}"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read())["connections"]
 
