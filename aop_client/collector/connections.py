@@ -82,9 +82,9 @@ def raise_nofile_limit() -> int:
     except ImportError:  # not a POSIX system
         return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft >= hard):
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
         return soft
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)  # the kernel refuses "unlimited"
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as e:
