@@ -54,7 +54,7 @@ def _collector_factory(tmp_path_factory: Any) -> tuple[Callable[..., Any], Calla
 
     started: list[Any] = []
 
-    def factory(config: Any = None, *, process: bool = False, **fields: Any) -> Any:
+    def factory(config: Any = None, *, process: bool = False, preexec_fn: Any = None, **fields: Any) -> Any:
         if config is None:
             fields.setdefault("api_key", TEST_API_KEY)
             fields.setdefault("org_salt_key", TEST_ORG_SALT_KEY)
@@ -64,7 +64,9 @@ def _collector_factory(tmp_path_factory: Any) -> tuple[Callable[..., Any], Calla
             config = CollectorConfig(**fields)
         elif fields:
             raise TypeError("pass either a CollectorConfig or keyword fields, not both")
-        collector = start_collector_process(config) if process else start_collector(config)
+        if preexec_fn is not None and not process:
+            raise TypeError("preexec_fn needs process=True")
+        collector = start_collector_process(config, preexec_fn=preexec_fn) if process else start_collector(config)
         started.append(collector)
         return collector
 

@@ -116,3 +116,25 @@ def test_serve_on_a_busy_port_exits_3(env: dict[str, str], tmp_path: Path) -> No
         port = busy.getsockname()[1]
         result = run_aop("serve", "--api-key", "k", "--port", str(port), "--db", str(tmp_path / "b.sqlite3"), env=env)
     assert_error_line(result, EXIT_SERVER, f"127.0.0.1:{port}")
+
+
+def test_serve_connection_bounds_reach_the_server(tmp_path: Path, env: dict[str, str]) -> None:
+    """--header-timeout closes a socket that sent half a head within that time; a bad bound is exit 2."""
+    from urllib.parse import urlsplit
+
+    server = start_serve(env, "--api-key", "k", "--db", str(tmp_path / "h.sqlite3"), "--header-timeout", "0.3")
+    try:
+        parts = urlsplit(server.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as stalled:
+            stalled.sendall(b"GET /api/v1/health HTTP/1.1\r\nHo")
+            began = time.monotonic()
+            stalled.settimeout(5.0)  # the server closes it first: EOF or a reset, well before this
+            try:
+                assert stalled.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - began < 3.0
+    finally:
+        assert server.stop()[0] == 0
+    assert_error_line(run_aop("serve", "--api-key", "k", "--port", "0", "--max-connections", "0", env=env),
+                      EXIT_BAD_INPUT, "max_connections")

@@ -3,7 +3,8 @@
 Modules: ``config`` (CollectorConfig), ``faults`` (FaultConfig, sans-I/O fault
 decisions), ``protocol`` (sans-I/O body/event checks), ``storage`` (SQLite
 record), ``app`` (aiohttp routes), ``streaming_routes`` (WebSocket and chunked
-stream endpoints), ``runner`` (thread / child-process / blocking runners),
+stream endpoints), ``connections`` (header, body and idle timeouts, the
+connection limit), ``runner`` (thread / child-process / blocking runners),
 ``cli`` (``python -m aop_client.collector``).
 """
 

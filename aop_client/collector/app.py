@@ -5,7 +5,8 @@ Routes:
 * ``POST /api/v1/traces/batch``: API key, request signature, gzip/identity,
   per-event envelope and signature checks, dedupe by ``event_id``.
 * ``POST /api/v1/traces/runs/{run_id}/complete``: ``{"complete", "missing"}``.
-* ``GET /api/v1/health`` (no auth), ``GET /api/v1/stats`` and
+* ``GET /api/v1/health`` (no auth), ``GET /api/v1/stats`` (with the
+  connection guard's counters under ``connections``) and
   ``GET /api/v1/events?run_id=`` (API key required) for tests and the demo.
 * ``POST /api/v1/_faults`` (API key, only when ``allow_fault_control``):
   replace the FaultConfig of a running collector.
@@ -13,6 +14,9 @@ Routes:
   :mod:`aop_client.collector.streaming_routes` and share the same storage
   and worker pool: the events of one stream batch are stored with one
   ``insert_batch`` (one commit) in the pool.
+
+Connections are bounded by :mod:`aop_client.collector.connections` (head,
+body and idle time, how many at once); a body not received in time is 408.
 
 Status choices where the protocol is silent: a bad ``Content-Encoding``,
 corrupt gzip, non-JSON or wrongly shaped body, or an ``Idempotency-Key``
@@ -55,6 +59,7 @@ import orjson
 from aiohttp import web
 
 from .config import CollectorConfig
+from .connections import GUARD_KEY, BodyTimeout, ConnectionGuard
 from .faults import Fault, FaultConfig, FaultInjector, FaultKind, FaultStage
 from .protocol import (
     JudgedBatch,
@@ -211,10 +216,13 @@ async def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[s
 
 
 async def _read_body(request: web.Request) -> bytes:
+    """The whole body, read under the connection guard's body_timeout and body_min_rate."""
     try:
-        return await request.read()
+        return await request.app[GUARD_KEY].read_body(request)
     except web.HTTPRequestEntityTooLarge as e:
         raise RequestRefused(413, f"body exceeds {request.app[STATE_KEY].config.max_body_bytes} bytes") from e
+    except BodyTimeout as e:  # the guard answered 408 and closed the connection; nothing is stored
+        raise RequestRefused(408, str(e)) from e
 
 
 def _check_completion(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
@@ -291,7 +299,8 @@ def _authorized(request: web.Request) -> Optional[web.Response]:
 
 async def handle_stats(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/stats: counters (API key required)."""
-    return _authorized(request) or _json(200, request.app[STATE_KEY].storage.stats())
+    return _authorized(request) or _json(200, dict(request.app[STATE_KEY].storage.stats(),
+                                                   connections=request.app[GUARD_KEY].counters()))
 
 
 async def handle_events(request: web.Request) -> web.StreamResponse:
@@ -363,8 +372,10 @@ def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optio
     """Build the collector's aiohttp application around ``storage``."""
     injector = injector or FaultInjector(config.faults)
     executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="aop-collector")
-    app = web.Application(client_max_size=config.max_body_bytes)
+    guard = ConnectionGuard(config)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[guard.middleware])
     app[STATE_KEY] = CollectorState(config, storage, injector, executor)
+    app[GUARD_KEY] = guard
     app.router.add_post(BATCH_PATH, handle_batch)
     app.router.add_post(COMPLETE_PATH, handle_complete)
     app.router.add_get("/api/v1/health", handle_health)
@@ -377,7 +388,7 @@ def make_app(config: CollectorConfig, storage: CollectorStorage, injector: Optio
 
         add_streaming_routes(app, api_key=config.api_key, ingest=_stream_ingest(storage, config.org_salt_key),
                              ingest_batch=_stream_ingest_batch(storage), executor=executor,
-                             org_salt_key=config.org_salt_key)
+                             org_salt_key=config.org_salt_key, heartbeat=config.ws_heartbeat)
 
     async def shutdown(_app: web.Application) -> None:
         executor.shutdown(wait=True, cancel_futures=True)

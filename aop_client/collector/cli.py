@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ..cli.serve import BOUND_OPTIONS, bound_field
 from ..errors import ConfigError
 from .config import CollectorConfig
 from .faults import FaultConfig
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=16 * 2**20)
     p.add_argument("--max-decompressed-bytes", type=int, default=64 * 2**20)
     p.add_argument("--signature-tolerance", type=float, default=300.0)
+    for flag, kind, default, help_text in BOUND_OPTIONS:
+        p.add_argument(flag, type=kind, default=None, help=f"{help_text} (default: {default:g})")
     for flag in ("500", "503", "429", "413", "slow", "drop", "timeout"):
         p.add_argument(f"--fault-rate-{flag}", type=float, help=f"probability of a {flag} fault per request")
     p.add_argument("--retry-after", type=float, help="Retry-After seconds sent with 429/503 faults")
@@ -68,11 +71,14 @@ def config_from_args(args: argparse.Namespace, environ: Optional[dict] = None) -
             raise ConfigError(f"AOP_COLLECTOR_FAULTS is not a FaultConfig: {e}", field="AOP_COLLECTOR_FAULTS") from e
     overrides = {field: getattr(args, flag) for flag, field in _FAULT_FLAGS.items() if getattr(args, flag) is not None}
     faults = dataclasses.replace(faults, **overrides)
+    bounds = {bound_field(flag): getattr(args, bound_field(flag)) for flag, *_ in BOUND_OPTIONS
+              if getattr(args, bound_field(flag), None) is not None}  # unset: CollectorConfig's default
     return CollectorConfig(
         api_key=api_key, org_salt_key=args.org_salt_key or env.get("AOP_COLLECTOR_ORG_SALT_KEY") or None,
         host=args.host, port=args.port, db_path=args.db, max_body_bytes=args.max_body_bytes,
         max_decompressed_bytes=args.max_decompressed_bytes, signature_tolerance=args.signature_tolerance,
         faults=faults, enable_streaming=not args.no_streaming, allow_fault_control=args.enable_fault_control,
+        **bounds,
     )
 
 

@@ -29,6 +29,13 @@ class CollectorConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     enable_streaming: bool = True  # add the WebSocket and chunked NDJSON routes
     allow_fault_control: bool = False  # POST /api/v1/_faults (API key required) may change faults
+    # Connection bounds (aop_client/collector/connections.py, docs/operations.md):
+    header_timeout: float = 10.0  # seconds from a request head's first byte until it is complete, else closed
+    body_timeout: float = 60.0  # seconds a handler may wait for a whole body, else 408 and closed
+    body_min_rate: int = 1024  # bytes/s a body must average after 2 s, else 408 and closed (0: no floor)
+    keepalive_timeout: float = 75.0  # seconds an idle connection (no byte of a next request) stays open
+    max_connections: int = 1024  # open connections at most (lowered to what RLIMIT_NOFILE leaves)
+    ws_heartbeat: float = 30.0  # WebSocket ping interval; no pong within half of it closes the stream
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -47,6 +54,16 @@ class CollectorConfig:
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"CollectorConfig.signature_tolerance must be a finite number >= 0, got {tol!r}",
                               field="signature_tolerance", value=tol)
+        for name in ("header_timeout", "body_timeout", "keepalive_timeout", "ws_heartbeat"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"CollectorConfig.{name} must be a finite number of seconds > 0, got {value!r}",
+                                  field=name, value=value)
+        for name, least in (("max_connections", 1), ("body_min_rate", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"CollectorConfig.{name} must be an int >= {least}, got {value!r}",
+                                  field=name, value=value)
         if not isinstance(self.faults, FaultConfig):
             raise ConfigError(f"CollectorConfig.faults must be a FaultConfig, got {type(self.faults).__name__}",
                               field="faults", value=type(self.faults).__name__)

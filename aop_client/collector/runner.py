@@ -9,7 +9,8 @@
 
 Both handles answer the same queries, read from the collector's SQLite file:
 ``event_ids()``, ``events(run_id)``, ``delivery_count(event_id)``,
-``duplicate_deliveries()``, ``request_log()``, ``completions()``, ``stats()``.
+``duplicate_deliveries()``, ``request_log()``, ``completions()``, ``stats()``; and
+``connections()``, the connection guard's counters.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 from ..errors import TransportError
 from .app import make_app
 from .config import CollectorConfig
+from .connections import GUARD_KEY, GuardedSite, raise_nofile_limit
 from .faults import FaultConfig, FaultInjector
 from .storage import CollectorStorage
 
@@ -63,9 +65,9 @@ async def _serve(config: CollectorConfig, storage: CollectorStorage,
     app = make_app(config, storage, injector)
     # auto_decompress=False: decode_body gunzips with our own size bound (no gzip bombs).
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT,
-                           auto_decompress=False)
+                           auto_decompress=False, keepalive_timeout=config.keepalive_timeout)  # the guard's too
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = GuardedSite(runner, app[GUARD_KEY], config.host, config.port)
     try:
         await site.start()
     except OSError as e:
@@ -79,6 +81,7 @@ async def _serve(config: CollectorConfig, storage: CollectorStorage,
 
 def run(config: CollectorConfig, *, announce: Any = None) -> None:
     """Serve ``config`` until SIGINT or SIGTERM; prints READY_PREFIX + URL (to ``announce`` or stdout)."""
+    raise_nofile_limit()  # this process is the server: every descriptor its hard limit allows
     storage = CollectorStorage(config.db_path)
 
     async def main() -> None:
@@ -130,7 +133,7 @@ class _Queries:
         return self.storage.completions(run_id)
 
     def stats(self) -> dict:
-        """The counters of GET /api/v1/stats."""
+        """The counters of GET /api/v1/stats (without ``connections``: see connections())."""
         return self.storage.stats()
 
 
@@ -171,6 +174,13 @@ class RunningCollector(_Queries):
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the fault configuration (its seeded sequence restarts)."""
         self.injector.set(faults)
+
+    def connections(self) -> dict:
+        """The connection guard's counters (``connections`` of GET /api/v1/stats), read on the server's loop."""
+        async def read() -> dict:
+            return self._runner.app[GUARD_KEY].counters()
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=30)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -226,6 +236,13 @@ class CollectorProcess(_Queries):
                 raise TransportError(f"collector refused the fault configuration: HTTP {answer.status}",
                                      status=answer.status, retryable=False)
 
+    def connections(self) -> dict:
+        """The connection guard's counters, from GET /api/v1/stats (whose own connection counts in ``open``)."""
+        request = urllib.request.Request(self.url + "/api/v1/stats",
+                                         headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())["connections"]
+
     def kill(self) -> None:
         """SIGKILL the child (a crash: nothing is flushed beyond what SQLite committed)."""
         if self.process.poll() is None:
@@ -269,8 +286,12 @@ def _read_ready_line(popen: subprocess.Popen, timeout: float) -> str:
     return line[len(READY_PREFIX):].strip()
 
 
-def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0) -> CollectorProcess:
-    """Start a collector as a child process (secrets passed in its environment, not argv)."""
+def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
+                            preexec_fn: Any = None) -> CollectorProcess:
+    """Start a collector as a child process (secrets passed in its environment, not argv).
+
+    ``preexec_fn`` runs in the child before it starts (e.g. to lower its RLIMIT_NOFILE in a test).
+    """
     temp_dir = None
     if config.db_path is None:
         temp_dir = tempfile.mkdtemp(prefix="aop-collector-")
@@ -286,9 +307,12 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0) -
     argv = [sys.executable, "-m", "aop_client.collector", "--host", config.host, "--port", str(config.port),
             "--db", config.db_path, "--max-body-bytes", str(config.max_body_bytes),
             "--max-decompressed-bytes", str(config.max_decompressed_bytes),
-            "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control"]
+            "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control",
+            "--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
+            "--body-min-rate", str(config.body_min_rate), "--keepalive-timeout", repr(config.keepalive_timeout),
+            "--max-connections", str(config.max_connections), "--ws-heartbeat", repr(config.ws_heartbeat)]
     if not config.enable_streaming:
         argv.append("--no-streaming")
-    popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     url = _read_ready_line(popen, timeout)
     return CollectorProcess(config, popen, url, temp_dir)

@@ -189,12 +189,15 @@ def add_streaming_routes(
     faults: StreamFaults | None = None,
     ws_prefix: str = "/ws/trace/",
     stream_path: str = STREAM_PATH,
+    heartbeat: float | None = None,
 ) -> StreamFaults:
     """Add the WebSocket and chunked stream routes to ``app``; returns the live StreamFaults (also app[FAULTS_KEY]).
 
     Events are stored with ``ingest_batch`` (one call per batch) or, when only
     ``ingest`` is given, one ``ingest`` call per event; verification and
     storage run in ``executor`` when one is given, else on the event loop.
+    ``heartbeat``: a WebSocket is pinged every ``heartbeat`` seconds and closed
+    when no pong comes within half of that (None: never).
     """
     if ingest_batch is None:
         if ingest is None:
@@ -203,12 +206,12 @@ def add_streaming_routes(
     store = _Store(ingest_batch, org_salt_key, executor)
     faults = faults if faults is not None else StreamFaults()
     app[FAULTS_KEY] = faults
-    app.router.add_get(ws_prefix.rstrip("/") + "/{run_id}", _ws_handler(api_key, store, faults))
+    app.router.add_get(ws_prefix.rstrip("/") + "/{run_id}", _ws_handler(api_key, store, faults, heartbeat))
     app.router.add_post(stream_path, _ndjson_handler(api_key, store, faults))
     return faults
 
 
-def _ws_handler(api_key: str, store: _Store, faults: StreamFaults) -> Callable:
+def _ws_handler(api_key: str, store: _Store, faults: StreamFaults, heartbeat: float | None) -> Callable:
     async def handle(request: web.Request) -> web.StreamResponse:
         """GET /ws/trace/{run_id}: check the bearer token, upgrade, ack or nack every frame."""
         if faults.refuse_handshake:
@@ -216,7 +219,7 @@ def _ws_handler(api_key: str, store: _Store, faults: StreamFaults) -> Callable:
         if not _authorized(request, api_key):
             return web.json_response({"error": "missing or invalid bearer token"}, status=401)
         run_id = request.match_info["run_id"]
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=MAX_LINE_BYTES)
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=MAX_LINE_BYTES, heartbeat=heartbeat)
         await ws.prepare(request)
         pending_acks: set[asyncio.Task] = set()
         freezer = asyncio.ensure_future(_freeze_watch(request, faults))
