@@ -369,7 +369,7 @@ class AOPClient:
 
     #: The host-wide store's figures in get_stats() (None / 0 when the store cannot be read).
     _STORE_STATS = ("pending", "in_flight", "delivered_retained", "dead_letters", "fallback",
-                    "quarantined", "bytes_on_disk", "oldest_pending_age")
+                    "quarantined", "foreign_files", "bytes_on_disk", "oldest_pending_age")
 
     def get_stats(self) -> dict[str, Any]:
         """Counters of this client, its flusher (when started) and the host-wide store.

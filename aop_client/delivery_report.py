@@ -64,7 +64,8 @@ def write_last_error(directory: str, record: dict) -> None:
 def read_last_error(directory: str) -> Optional[dict]:
     """The last error a flusher of this spool wrote down, or None (no file, a link, a foreign or bad file)."""
     try:
-        fd = os.open(os.path.join(directory, LAST_ERROR_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(os.path.join(directory, LAST_ERROR_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a planted FIFO never hangs
     except OSError:
         return None
     try:

@@ -19,6 +19,11 @@ its copy) and reports ``is_leader`` False; the child may then try to win on its
 own. The lock file is opened with ``O_CLOEXEC`` so exec'd programs never inherit
 it.
 
+Hostile spools: the directory must pass the spool's checks (ours, not writable
+by group/others; aop_client.store.layout), and the lock file is opened with
+``O_NOFOLLOW`` and used only when it is a regular file of ours: a symlink planted
+at ``flusher.lock`` is refused (StoreError), never locked, written or truncated.
+
 Takeover latency: :meth:`FlusherElection.wait_for_leadership` polls with a
 non-blocking ``flock`` every ``poll`` seconds (default 0.1 s, at most 0.2 s).
 A blocking ``flock`` in a helper thread would react faster but cannot be
@@ -39,12 +44,14 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import weakref
 from typing import Any, Optional
 
 from .errors import StoreError
+from .store.layout import describe, ensure_private_directory
 
 __all__ = ["FlusherElection", "LOCK_FILE_NAME", "MAX_POLL_INTERVAL"]
 
@@ -52,7 +59,6 @@ LOCK_FILE_NAME = "flusher.lock"
 MAX_POLL_INTERVAL = 0.2
 
 _FILE_MODE = 0o600
-_DIR_MODE = 0o700
 _MAX_INFO_BYTES = 4096
 
 _live_elections: "weakref.WeakSet[FlusherElection]" = weakref.WeakSet()
@@ -67,30 +73,34 @@ os.register_at_fork(after_in_child=_forget_inherited_locks_in_child)
 
 
 def _ensure_private_directory(directory: str) -> None:
-    try:
-        os.makedirs(directory, mode=_DIR_MODE, exist_ok=False)
-    except FileExistsError:
-        if not os.path.isdir(directory):
-            raise StoreError(f"election directory {directory!r} exists and is not a directory") from None
-        return
-    except OSError as e:
-        raise StoreError(f"cannot create election directory {directory!r}: {e.strerror}") from e
-    try:
-        os.chmod(directory, _DIR_MODE)  # makedirs' mode is filtered by the umask
-    except OSError as e:
-        raise StoreError(f"cannot chmod election directory {directory!r} to 0700: {e.strerror}") from e
+    # The spool's rules (aop_client.store.layout): ours, not writable by group/others, parents 0700.
+    ensure_private_directory(directory)
 
 
-def _open_lock_file(path: str) -> int:
+def _open_lock_file(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    """Open the lock file without following a symlink; refuse anything but a regular file of ours."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise  # holder(): no lock file, no holder
+        raise StoreError(f"cannot open flusher lock file {path!r}: its directory is gone") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreError(f"refusing flusher lock file {path!r}: it is a symlink (never followed, never "
+                             f"written through); remove it (`rm {path}`)") from None
         raise StoreError(f"cannot open flusher lock file {path!r}: {e.strerror}") from e
     try:
-        if os.fstat(fd).st_uid == os.geteuid():
+        st = os.fstat(fd)
+        owner = os.geteuid() if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+            raise StoreError(f"refusing flusher lock {describe(path, st)}: only a regular file of uid {owner} "
+                             f"is used; remove it (`rm {path}`)")
+        if flags & os.O_CREAT and stat.S_IMODE(st.st_mode) != _FILE_MODE:
             os.fchmod(fd, _FILE_MODE)
-    except OSError:
-        pass  # a read-only view of someone else's file: permissions are theirs to keep
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -227,11 +237,9 @@ class FlusherElection:
         if self.is_leader:
             return {"pid": os.getpid(), "host": socket.gethostname(), "since": self._since, "alive": True}
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_lock_file(self.lock_path, os.O_RDONLY)  # read-only: also root's inspection of a worker's spool
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise StoreError(f"cannot open flusher lock file {self.lock_path!r}: {e.strerror}") from e
         try:
             raw = os.pread(fd, _MAX_INFO_BYTES, 0)
             alive = self._lock_is_held(fd)

@@ -296,7 +296,12 @@ class Flusher:
             self._step_down()
 
     def _campaign(self) -> bool:
-        if not self.election.try_acquire():
+        try:
+            won = self.election.try_acquire()
+        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported (rate-limited), tried again each poll
+            self._note_error(f"cannot campaign for the flusher lock: {e}", e)
+            return False
+        if not won:
             return False
         try:
             self._epoch = self.store.begin_epoch()

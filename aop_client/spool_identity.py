@@ -111,6 +111,9 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
         if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
             raise StoreError(f"spool identity {path!r} is not a small regular file; "
                              "remove it and run `aop spool adopt`")
+        if st.st_uid != os.geteuid():  # only the uid running the application writes in its spool
+            raise StoreError(f"spool identity {path!r} belongs to uid {st.st_uid}, not to us "
+                             f"(uid {os.geteuid()}); remove it and run `aop spool adopt`")
         raw = os.read(fd, _MAX_FILE + 1)
     finally:
         os.close(fd)

@@ -90,12 +90,21 @@ def check_spool_dir(path: Path) -> Path:
     return path
 
 
-def open_store(config: Any) -> Any:
-    """Open the DiskStore of ``config.spool_path`` after checking that it exists."""
+def open_store(config: Any, *, inspect: bool = False) -> Any:
+    """Open the DiskStore of ``config.spool_path`` after checking that it exists.
+
+    With ``inspect`` (``aop status``), root looking at a spool another uid owns
+    gets the read-only view (aop_client.store.readonly): nothing in it is
+    created or written, so the worker keeps a spool it can use.
+    """
     from ..store import DiskStore
 
     path = check_spool_dir(Path(config.spool_path))
     try:
+        if inspect and os.geteuid() == 0 and path.stat().st_uid != 0:
+            from ..store.readonly import ReadOnlyStore
+
+            return ReadOnlyStore(path)
         return DiskStore(path)
     except StoreError as e:
         raise CliError(f"cannot open spool {str(path)!r}: {e}", EXIT_BAD_INPUT) from e

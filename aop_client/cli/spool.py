@@ -38,11 +38,13 @@ def status_report(store: Any, holder: Optional[dict]) -> dict:
         "fallback": st.fallback,
         "retained": st.delivered_retained,
         "quarantined": st.quarantined,
+        "foreign_files": st.foreign_files,
         "dropped": dict(st.dropped),
         "bytes_on_disk": st.bytes_on_disk,
         "oldest_pending_age_s": st.oldest_pending_age,
         "flusher": holder if holder and holder.get("alive") else None,
         "last_error": read_last_error(str(store.directory)),
+        "read_only": bool(getattr(store, "read_only", False)),  # root's inspection of another user's spool
     }
 
 
@@ -83,7 +85,7 @@ def _flusher_text(holder: Optional[dict]) -> str:
 def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], as_json: bool) -> None:
     """Show pending, in-flight, dead-letter, fallback and retained events and the current flusher."""
     config = build_config(spool, base_url, api_key)
-    store = open_store(config)
+    store = open_store(config, inspect=True)
     try:
         report = status_report(store, _holder(config.spool_path))
     finally:
@@ -94,12 +96,14 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"aop spool {report['spool']}", show_header=False)
+    view = " (read-only inspection)" if report["read_only"] else ""
+    table = Table(title=f"aop spool {report['spool']}{view}", show_header=False)
     age = report["oldest_pending_age_s"]
     rows = [
         ("pending", report["pending"]), ("in flight", report["in_flight"]),
         ("dead letters", report["dead_letters"]), ("fallback", report["fallback"]),
         ("retained (delivered)", report["retained"]), ("quarantined", report["quarantined"]),
+        ("foreign files (ignored)", report["foreign_files"]),
         ("dropped", sum(report["dropped"].values())), ("bytes on disk", report["bytes_on_disk"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("current flusher", _flusher_text(report["flusher"])),

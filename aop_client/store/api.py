@@ -70,6 +70,7 @@ class StoreStats:
     fallback: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     quarantined: int = 0  # damaged records detected and set aside
+    foreign_files: int = 0  # segment/index files of another uid: ignored, never read (docs/security.md)
     bytes_on_disk: int = 0
     oldest_pending_age: float | None = None  # seconds, None when nothing is pending
 

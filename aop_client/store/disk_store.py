@@ -23,8 +23,8 @@ from . import fork_guard
 from .boundary import translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
-from .inspection import InspectionMixin
-from .layout import prepare_directory
+from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
+from .layout import prepare_directory, secure_index_files
 from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
@@ -132,7 +132,11 @@ class DiskStore(InspectionMixin):
         conn = self._conn
         if conn is None:
             try:
+                foreign = secure_index_files(self.directory, self.quarantine_dir)  # before SQLite opens them
                 conn = self._conn = state.open_index(self._index_path, fsync=self._fsync)
+                if foreign:
+                    with state.Txn(conn):
+                        state.add_counter(conn, FOREIGN_INDEX_COUNTER, foreign)
             except sqlite3.DatabaseError as e:
                 if not _is_corruption(e):
                     raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e

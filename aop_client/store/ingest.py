@@ -58,10 +58,10 @@ class BodyCache:
 
 
 def save_quarantined(quarantine_dir: str, segment: str, offset: int, data: bytes) -> None:
-    """Best-effort copy of damaged bytes for forensics (0600; failures ignored)."""
+    """Best-effort copy of damaged bytes for forensics (0600, O_EXCL: never truncates or writes through anything there)."""
     try:
         path = os.path.join(quarantine_dir, f"{segment}.{offset}.bad")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data[:QUARANTINE_COPY_LIMIT])
         finally:
@@ -270,11 +270,13 @@ def ingest(
 
 
 def count_unindexed(
-    conn: sqlite3.Connection, segment_dir: str, memo: dict | None = None
+    conn: sqlite3.Connection, segment_dir: str, memo: dict | None = None, *,
+    owner: int | None = None, foreign: list | None = None,
 ) -> tuple[int, int, float | None]:
     """(records, bytes, oldest appended_at) not yet indexed; read-only.
 
-    Counts the valid records of each segment from its start (remembered in
+    Only segments of ``owner`` count (see segments.list_segments; the names
+    of others go to ``foreign``). Counts the valid records of each segment from its start (remembered in
     ``memo`` between calls, so a later call only reads what was appended since)
     and subtracts the records the index took from it.
     """
@@ -284,7 +286,7 @@ def count_unindexed(
     nbytes = 0
     oldest: float | None = None
     present = set()
-    for name, size in list_segments(segment_dir):
+    for name, size in list_segments(segment_dir, owner=owner, foreign=foreign):
         present.add(name)
         cursor, indexed = known.get(name, (0, 0))
         if size <= cursor:

@@ -13,9 +13,13 @@ from .boundary import translated
 from .ingest import count_unindexed
 from .maintenance import reclaim_space
 
+FOREIGN_INDEX_COUNTER = "foreign_index"  # meta: index files of another uid set aside (layout.secure_index_files)
+
 
 class InspectionMixin:
     """The read-mostly half of DiskStore (any process may call these), plus stream-ack settling."""
+
+    owner_uid: int | None = None  # whose files are the store's (None: the current euid; see layout.py)
 
     @translated
     def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
@@ -136,10 +140,13 @@ class InspectionMixin:
         conn = self._db()
         with self._lock:
             counts = state.counts(conn)
-            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir, self._unindexed_memo)
+            foreign: list = []
+            unindexed, _, unindexed_oldest = count_unindexed(conn, self.segment_dir, self._unindexed_memo,
+                                                             owner=self.owner_uid, foreign=foreign)
             row = conn.execute("SELECT appended_at FROM events WHERE state = 0 ORDER BY ord LIMIT 1").fetchone()
             dropped = state.dropped(conn)
             quarantined = state.meta_value(conn, "quarantined")
+            foreign_index = state.meta_value(conn, FOREIGN_INDEX_COUNTER)
             direct = self._direct.outstanding(conn, state.meta_value(conn, "epoch"))  # past the cursors, but in flight
         for reason, n in self._drops.items():
             dropped[reason] = dropped.get(reason, 0) + n
@@ -152,6 +159,7 @@ class InspectionMixin:
             fallback=counts[state.FALLBACK][0],
             dropped=dropped,
             quarantined=quarantined,
+            foreign_files=len(foreign) + foreign_index,
             bytes_on_disk=_tree_bytes(self.directory),
             oldest_pending_age=max(0.0, now - min(oldest)) if oldest else None,
         )

@@ -7,6 +7,7 @@ import sqlite3
 
 from .ingest import BodyCache
 from .records import body_if_intact
+from .segments import open_segment
 
 MAX_OPEN = 64
 MAX_SPAN = 4 << 20  # bytes read at once when records are adjacent
@@ -26,8 +27,8 @@ class BodyReader:
             if row is None:
                 return None
             try:
-                fd = os.open(os.path.join(self.segment_dir, row[0]), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except FileNotFoundError:
+                fd = open_segment(os.path.join(self.segment_dir, row[0]))
+            except FileNotFoundError:  # gone, or not ours (an index of an older version may name one): never read
                 return None
             if len(self._fds) >= MAX_OPEN:
                 self.close()

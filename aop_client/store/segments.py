@@ -18,6 +18,8 @@ import secrets
 import threading
 import time
 
+from .layout import owned_file
+
 SEGMENT_SUFFIX = ".seg"
 _last_ord = 0
 _ord_lock = threading.Lock()
@@ -45,7 +47,7 @@ def next_ord() -> int:
 
 def fsync_directory(path: str) -> None:
     """fsync a directory so a file created or removed in it survives power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -177,18 +179,38 @@ class SegmentWriter:
             self._retired = []
 
 
-def list_segments(segment_dir: str) -> list[tuple[str, int]]:
-    """(name, size) of every segment file, oldest first (names sort by creation time)."""
+def list_segments(segment_dir: str, *, owner: int | None = None, foreign: list | None = None) -> list[tuple[str, int]]:
+    """(name, size) of every segment file of ours, oldest first (names sort by creation time).
+
+    The one gate of every reader of segments (ingest, direct leases, counts,
+    the size gauge): an entry that is not a regular file of ``owner`` (default
+    the current euid; see layout.owned_file) is left out, and its name is
+    appended to ``foreign`` when given. Costs no syscall beyond the listing's lstat.
+    """
     out = []
+    owner = os.geteuid() if owner is None else owner
     with os.scandir(segment_dir) as it:
         for entry in it:
             if entry.name.endswith(SEGMENT_SUFFIX):
                 try:
-                    out.append((entry.name, entry.stat(follow_symlinks=False).st_size))
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if owned_file(st, owner):
+                    out.append((entry.name, st.st_size))
+                elif foreign is not None:
+                    foreign.append(entry.name)
     out.sort()
     return out
+
+
+def open_segment(path: str, owner: int | None = None) -> int:
+    """Open a segment for reading (O_NOFOLLOW); FileNotFoundError unless it is a regular file of ours."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    if not owned_file(os.fstat(fd), owner):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "not a segment file of ours (ignored)", path)
+    return fd
 
 
 def is_sealed(path: str) -> bool:
