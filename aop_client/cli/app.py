@@ -1,4 +1,7 @@
-"""The ``aop`` command: demo, collector, spool inspection and trace-file tools (click + rich).
+"""The ``aop`` command group: demo, collector, spool inspection and trace-file tools (the ``cli`` extra: click + rich).
+
+:func:`aop_client.cli.main` (the console script) checks that the extra is
+installed, then calls :func:`run`.
 
 Commands (one module each): ``demo`` (:mod:`.demo_cmd`), ``serve`` (:mod:`.serve`),
 ``status``, ``flush``, ``dead-letters list|retry|purge`` (:mod:`.spool`),
@@ -6,8 +9,9 @@ Commands (one module each): ``demo`` (:mod:`.demo_cmd`), ``serve`` (:mod:`.serve
 ``AOP_*`` variables (``ClientConfig.from_env``); options override them.
 
 Errors are one line on stderr, ``aop: error: <what and which value>``, and no
-traceback (``aop --debug ...`` shows it). Nothing stored is deleted unless a
-command says so (``dead-letters purge``, which asks or needs ``--yes``).
+traceback (``aop --debug ...`` shows it); so is a command needing a missing
+extra (``aop serve`` without ``collector``: ``pip install 'aop-client[collector]'``).
+Nothing stored is deleted unless a command says so (``dead-letters purge``, which asks or needs ``--yes``).
 
 Exit codes:
 
@@ -15,7 +19,7 @@ Exit codes:
 * 1 - events remain undelivered (flush, replay rejections), a signature fails
   (verify), or the demo lost events;
 * 2 - usage error or bad input: unknown option, missing or unreadable path,
-  bad configuration, no key;
+  bad configuration, no key, a missing extra;
 * 3 - the server refused (401/403, other error statuses) or is unreachable;
 * 4 - a damaged file (not JSON/TOON, not a trace file);
 * 130 - interrupted (Ctrl-C).
@@ -23,13 +27,11 @@ Exit codes:
 
 from __future__ import annotations
 
-import sys
-from typing import Optional, Sequence
-
 import click
 
 from .._version import __version__
 from ..errors import AOPError
+from ..extras import extra_providing, install_hint
 from ._common import EXIT_BAD_INPUT, EXIT_CODES_HELP, CliError, exit_code_for
 from .demo_cmd import demo
 from .files import export, replay, verify
@@ -37,7 +39,7 @@ from .serve import serve
 from .spool import dead_letters, flush, status
 from .spool_adopt import spool_group
 
-__all__ = ["main", "cli", "CliError"]
+__all__ = ["run", "cli", "CliError"]
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,9 +60,8 @@ def _error(message: str) -> None:
     click.echo(f"aop: error: {first}", err=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``aop`` console script; returns (and exits with) the documented code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def run(args: list[str]) -> int:
+    """Run the ``aop`` command line ``args``; returns the documented exit code."""
     debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
     try:
         code = cli.main(args=args, prog_name="aop", standalone_mode=False)
@@ -80,12 +81,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         code = 130
+    except ImportError as e:  # an optional dependency of this command is not installed
+        extra = extra_providing(e.name)
+        if debug or extra is None:
+            raise
+        _error(f"this command needs the '{extra}' extra ({e.name} is not installed): {install_hint(extra)}")
+        code = EXIT_BAD_INPUT
     except OSError as e:
         if debug:
             raise
         _error(f"{getattr(e, 'filename', None) or ''} {e.strerror or e}".strip())
         code = EXIT_BAD_INPUT
-    code = code if isinstance(code, int) else 0
-    if argv is None:
-        sys.exit(code)
-    return code
+    return code if isinstance(code, int) else 0
