@@ -201,3 +201,26 @@ def test_the_unpacked_sdist_runs_its_vector_and_fixture_tests(dists: dict[str, P
     proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=tree, env=env,
                 timeout=180)
     assert re.search(r"\b\d{3,} passed\b", proc.stdout) and " skipped" not in proc.stdout, proc.stdout[-500:]
+
+
+_IMPORT_ALL = r"""
+import importlib, json, pkgutil
+import aop_client
+failed = {}
+for mod in pkgutil.walk_packages(aop_client.__path__, "aop_client."):
+    try:
+        importlib.import_module(mod.name)
+    except ImportError as e:
+        failed[mod.name] = e.name
+print(json.dumps(failed))
+"""
+
+
+def test_in_the_base_install_only_the_cli_commands_and_the_collector_need_an_extra(base_venv: Path, tmp_path: Path):
+    """Every module imports without extras, except the click commands (cli) and the collector (aiohttp)."""
+    out = _run([str(base_venv / "python"), "-c", _IMPORT_ALL], cwd=tmp_path, env=_clean_env())
+    failed = json.loads(out.stdout)
+    assert failed.pop("aop_client.collector") == "aiohttp"
+    assert failed and set(failed.values()) == {"click"}
+    assert {m for m in failed if not m.startswith("aop_client.cli.")} == set()
+    assert "aop_client.cli.bounds" not in failed  # python -m aop_client.collector imports it
