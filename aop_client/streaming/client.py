@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable
 
 from ..errors import ConfigError, StreamingUnavailableError, TransportError
+from ..extras import install_hint
 from .frames import OutgoingEvent, encode_event, http_stream_url, reconnect_delay, websocket_url
 from .http_mode import HttpMode
 from .outbox import Outbox
@@ -40,8 +41,7 @@ def _load_websocket() -> Any:
         import websocket  # websocket-client, the ``streaming`` extra
     except ImportError as e:
         raise StreamingUnavailableError(
-            "streaming_mode='websocket' needs the 'streaming' extra (websocket-client): "
-            "pip install aop-client[streaming]"
+            f"streaming_mode='websocket' needs the 'streaming' extra (websocket-client): {install_hint('streaming')}"
         ) from e
     return websocket
 
