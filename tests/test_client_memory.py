@@ -196,3 +196,24 @@ def test_real_hybrid_settles_stream_acks_by_run_and_seq(aop_collector, tmp_path)
         assert (stats["pending"], stats["delivered_retained"]) == (0, 50)
         assert hybrid.finalize(timeout=20) is True
     assert aop_collector.duplicate_deliveries() == 0
+
+
+def test_the_stream_keeps_run_and_seq_of_what_it_sent_until_acked():
+    """encode_event keeps the seq; the outbox hands back acked events with run and seq, then forgets them."""
+    from aop_client.streaming.frames import encode_event
+    from aop_client.streaming.outbox import Outbox
+
+    builder = TraceBuilder(1)
+    events = [encode_event(builder.create_custom("step", {"n": n})) for n in range(3)]
+    assert [e.seq for e in events] == [1, 2, 3]
+    box = Outbox(10)
+    try:
+        for event in events:
+            assert box.offer(event)
+        assert box.take(builder.run_id, 10, now=0.0) == events
+        acked = box.ack_events([events[2].event_id, events[0].event_id, "unknown"])
+        assert [(e.event_id, e.run_id, e.seq) for e in acked] == [
+            (events[2].event_id, builder.run_id, 3), (events[0].event_id, builder.run_id, 1)]
+        assert box.counts() == (0, 1)  # only the unacked one is remembered
+    finally:
+        box.close()
