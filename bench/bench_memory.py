@@ -32,18 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_drain import API_KEY, SALT, null_sink_main  # noqa: E402
+from bench_drain import API_KEY, SALT, null_sink_main, status_mb  # noqa: E402
 
 TARGET_MB = 30.0
 
 
 def rss_mb() -> float:
     """This process's resident set size (VmRSS) in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return status_mb("VmRSS")
 
 
 def child(url: str, spool: str, events: int, every: int) -> None:
