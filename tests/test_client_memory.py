@@ -108,7 +108,7 @@ def test_active_mode_without_emit_opens_no_store(tmp_path):
 
 def test_an_event_dropped_by_the_redaction_hook_is_not_in_the_trace(tmp_path):
     """An event the hook drops (None) is gone: get_trace does not keep its unredacted copy."""
-    hook = lambda event: None if event["payload"].get("name") == "secret" else event  # noqa: E731
+    hook = lambda event: None if event.get("name") == "secret" else event  # noqa: E731
     client = AOPClient(make_config(tmp_path, closed_port_url(), redaction_hook=hook))
     b = client.trace_builder
     client.emit_event(b.create_custom("public"))
@@ -184,18 +184,25 @@ def test_iter_run_pages_through_a_long_run_in_seq_order(tmp_path):
 
 
 def test_real_hybrid_settles_stream_acks_by_run_and_seq(aop_collector, tmp_path):
-    """Stream acks reach the real store as (event_id, run_id, seq): every streamed event is delivered there."""
-    config = make_config(tmp_path, aop_collector.url, enable_streaming=True, batch_size=1000, batch_interval=60.0,
+    """Stream acks reach the real store as (event_id, run_id, seq): every streamed event is delivered there.
+
+    No flusher is started (it could lease the events first), so only the stream's acks settle them.
+    """
+    config = make_config(tmp_path, aop_collector.url, enable_streaming=True,
                          streaming_url=aop_collector.url.replace("http://", "ws://") + "/ws/trace/")
     base = AOPClient(config)
-    with HybridClient(base, streaming_mode="websocket", reconnect_base=0.05, reconnect_max=0.2) as hybrid:
+    hybrid = HybridClient(base, streaming_mode="websocket", reconnect_base=0.05, reconnect_max=0.2)
+    assert hybrid.stream.connect(timeout=10)
+    try:
         for n in range(50):
-            hybrid.emit_event(base.trace_builder.create_custom("step", {"n": n}))
+            assert hybrid.emit_event(base.trace_builder.create_custom("step", {"n": n}))
         wait_until(lambda: hybrid.stats()["marked_delivered"] == 50, timeout=20)
         stats = base.get_stats()
-        assert (stats["pending"], stats["delivered_retained"]) == (0, 50)
-        assert hybrid.finalize(timeout=20) is True
-    assert aop_collector.duplicate_deliveries() == 0
+        assert (stats["pending"], stats["in_flight"], stats["delivered_retained"]) == (0, 0, 50)
+        assert hybrid.stats()["mark_failures"] == 0
+    finally:
+        hybrid.stream.disconnect(timeout=2)
+    assert len(aop_collector.events(run_id=base.trace_builder.run_id)) == 50
 
 
 def test_the_stream_keeps_run_and_seq_of_what_it_sent_until_acked():
