@@ -52,7 +52,8 @@ class InspectionMixin:
                     (state.run_key(run_id), run_id, seq, event_id))]
                 for run_id, event_ids in by_id.items():
                     ids += [row[0] for row in conn.execute(
-                        "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND event_id IN (SELECT value FROM json_each(?))",
+                        "SELECT id FROM events WHERE run_key = ? AND run_id = ?"
+                        " AND event_id IN (SELECT value FROM json_each(?))",
                         (state.run_key(run_id), run_id, json.dumps(event_ids)))]
                 return state.move(conn, ids, (state.PENDING, state.FALLBACK), state.DELIVERED,
                                   ", done_at = ?, lease_until = NULL", (self._clock(),))
