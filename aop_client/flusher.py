@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import orjson
 
-from .core.backoff import RetryPolicy
+from .core.backoff import FailureStreak, RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
@@ -59,7 +59,6 @@ log = logging.getLogger("aop_client.flusher")
 _EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgetter("attempts"), operator.attrgetter("body")
 _PREPARED_MAX_AGE = 60.0  # seconds a prepared (signed) batch may wait for its POST; servers accept 300
 _POLL = 0.25  # longest wait between store polls while elected and idle
-_ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
 
 _live_flushers: "weakref.WeakSet[Flusher]" = weakref.WeakSet()
@@ -139,6 +138,7 @@ class Flusher:
         self._counts: dict[str, int] = defaultdict(int)
         self._last_error: Optional[str] = None
         self._paused = False
+        self._streak = FailureStreak()  # the loop's own failures (a store it cannot write): backoff, rate-limited log
         _live_flushers.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -152,6 +152,7 @@ class Flusher:
         self._flush_asked = self._flush_done = self._fallback_retried_for = 0
         self._counts = defaultdict(int)
         self._paused = False
+        self._streak = FailureStreak()
         self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
@@ -270,9 +271,8 @@ class Flusher:
                     self._step_down()
                     continue
                 except Exception as e:  # the loop must survive anything the store or a bug throws
-                    self._note_error(f"{type(e).__name__}: {e}", e)
                     self._step_down()  # the next epoch returns whatever this one held to pending
-                    self._stop.wait(_ERROR_PAUSE)
+                    self._stop.wait(self._loop_failed(f"{type(e).__name__}: {e}", e))
                     continue
                 if finished and one_shot:
                     return None
@@ -286,12 +286,28 @@ class Flusher:
             self._epoch = self.store.begin_epoch()
             self.store.retry_fallback()  # crash recovery: a new leader retries what was parked
         except Exception as e:
-            self._note_error(f"could not start epoch: {type(e).__name__}: {e}", e)
             self._epoch = None
             self.election.release()
+            self._stop.wait(self._loop_failed(f"could not start epoch: {type(e).__name__}: {e}", e))
             return False
         log.info("aop_client flusher elected (epoch %s)", self._epoch)
+        streak_started = self._streak.started_at
+        failures = self._streak.succeeded()
+        if failures:
+            log.info("aop_client flusher: the store works again after %d failed attempt(s) over %.1f s",
+                     failures, time.monotonic() - (streak_started or time.monotonic()))
         return True
+
+    def _loop_failed(self, message: str, exc: BaseException) -> float:
+        """A failure of the loop itself (not of a batch): note it, log it rate-limited; returns the backoff."""
+        self._last_error = message
+        delay, unlogged = self._streak.failed(time.monotonic(), self.rng.random())
+        if unlogged is not None:
+            more = f" ({unlogged} more since the last report)" if unlogged else ""
+            log.warning("aop_client flusher: %s%s; retrying with backoff (up to %.0f s), reported at most every %.0f s",
+                        message, more, self._streak.cap, self._streak.log_interval)
+        self._call_on_error(exc)
+        return delay
 
     def _step_down(self) -> None:
         if self._epoch is not None or self.election.is_leader:
@@ -528,11 +544,14 @@ class Flusher:
         self._last_error = message
         if exc is not None:
             log.warning("aop_client flusher: %s", message)
-            if self.on_error is not None:
-                try:
-                    self.on_error(exc)
-                except Exception:
-                    log.exception("aop_client flusher on_error callback raised")
+            self._call_on_error(exc)
+
+    def _call_on_error(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("aop_client flusher on_error callback raised")
 
 
 class _BatchEvents:

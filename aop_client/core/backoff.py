@@ -2,6 +2,8 @@
 
 Pure: the caller supplies the uniform draw ``u`` and the current time ``now``.
 The policy is an immutable value in the style of urllib3's ``Retry``.
+:class:`FailureStreak` paces a loop that keeps failing the same way (a store
+that cannot be written): growing waits, and which failures to log.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ValidationError
 
-__all__ = ["RetryPolicy", "parse_retry_after"]
+__all__ = ["RetryPolicy", "FailureStreak", "parse_retry_after"]
 
 # 2.0 ** _MAX_EXPONENT is finite; larger attempts are clamped (the cap wins long before).
 _MAX_EXPONENT = 1000
@@ -79,6 +81,51 @@ class RetryPolicy:
     def with_max_retries(self, max_retries: int) -> "RetryPolicy":
         """A copy with another retry budget (the policy itself never changes)."""
         return RetryPolicy(max_retries=max_retries, base=self.base, cap=self.cap)
+
+
+class FailureStreak:
+    """Consecutive failures of one loop: how long to wait before the next try and when to log.
+
+    ``failed(now, u)`` returns ``(delay, unlogged)``. The delay is full jitter
+    over ``min(cap, base * 2**n)`` but never below ``base`` (no spinning).
+    ``unlogged`` is None when this failure should not be logged; else it is the
+    number of failures not logged since the last logged one. The first failure
+    is logged, then at most one per ``log_interval`` seconds, across streaks
+    too, so a loop that keeps failing and recovering logs no more than that.
+    ``succeeded()`` ends the streak and returns how many failures it had when
+    one of them was logged (else 0), for one recovery line.
+    """
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0, log_interval: float = 60.0) -> None:
+        if not 0 < base <= cap:
+            raise ConfigError(f"FailureStreak needs 0 < base <= cap, got base={base!r} cap={cap!r}", field="base", value=base)
+        self.base, self.cap, self.log_interval = float(base), float(cap), float(log_interval)
+        self.failures = 0
+        self.started_at: float | None = None
+        self._unlogged = 0
+        self._logged_at = -math.inf
+        self._streak_logged = False
+
+    def failed(self, now: float, u: float) -> tuple[float, int | None]:
+        """Record one failure at ``now``; returns (seconds to wait, None or the failures not logged before it)."""
+        if not (0.0 <= u < 1.0):
+            raise ValidationError(f"u must be in [0, 1), got {u!r}", field="u", value=u)
+        if self.failures == 0:
+            self.started_at = now
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.failures, _MAX_EXPONENT))
+        self.failures += 1
+        delay = max(self.base, u * ceiling)
+        if now - self._logged_at < self.log_interval:
+            self._unlogged += 1
+            return delay, None
+        unlogged, self._unlogged, self._logged_at, self._streak_logged = self._unlogged, 0, now, True
+        return delay, unlogged
+
+    def succeeded(self) -> int:
+        """End the streak; returns its number of failures if one was logged, else 0."""
+        n = self.failures if self._streak_logged else 0
+        self.failures, self._streak_logged, self.started_at = 0, False, None
+        return n
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

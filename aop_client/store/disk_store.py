@@ -8,7 +8,7 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 
 from __future__ import annotations
 
-import errno
+import atexit
 import json
 import os
 import sqlite3
@@ -28,15 +28,17 @@ from .layout import prepare_directory
 from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
+from .reserve import SpaceReserve
 from .segments import SegmentWriter, next_ord
 
 _STORED = AppendResult(True)
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_FULL_ERRNOS = state.DISK_FULL_ERRNOS
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
 INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
+SPACE_CHECK_INTERVAL = 1.0  # the flusher side looks at free space (statvfs) at most this often
 
 
 class DiskStore(InspectionMixin):
@@ -85,9 +87,11 @@ class DiskStore(InspectionMixin):
         self._fsync = self.durability is Durability.FSYNC
         self._index_path = os.path.join(self.directory, "index.sqlite3")
         self._writer = SegmentWriter(self.segment_dir, fsync=self._fsync, max_segment_bytes=segment_bytes)
+        self._reserve = SpaceReserve(self.directory)
         self._closed = False
         self._init_process_state()
         self._db()  # fail early (StoreError) when the index cannot be opened
+        self._reserve.ensure()
 
     def __repr__(self) -> str:
         return f"DiskStore({self.directory!r}, durability={self.durability.value!r})"
@@ -102,7 +106,10 @@ class DiskStore(InspectionMixin):
         self._last_reclaim = time.monotonic()
         self._pressure_reclaim_at = 0.0
         self._db_failed_at = float("-inf")
-        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
+        self._pressure = False  # the disk is low: delivered events are not retained, reclaim runs early
+        self._space_checked_at = float("-inf")
+        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock,
+                                 reserve=self._reserve)
         fork_guard.register(self)
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
@@ -182,12 +189,26 @@ class DiskStore(InspectionMixin):
             result = self._when_full(len(record))
             if result is not None:
                 return result
+        if self._gauge.disk_low:
+            return self._disk_full()
         try:
             self._writer.write(record)
         except OSError as e:
-            return self._drop("disk_full" if e.errno in _DISK_FULL_ERRNOS else "io_error")
+            return self._disk_full() if e.errno in _DISK_FULL_ERRNOS else self._drop("io_error")
         self._gauge.added(len(record))
         return _STORED
+
+    def _disk_full(self) -> AppendResult:
+        """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
+
+        Writes resume when a gauge refresh (every 50 ms) finds the floor free again.
+        """
+        self._gauge.disk_low = True
+        try:
+            self._writer.seal()
+        except OSError:
+            pass
+        return self._drop("disk_full")
 
     def _conn_or_none(self) -> sqlite3.Connection | None:
         """The index connection for the append path, or None (retried at most once a second)."""
@@ -250,16 +271,50 @@ class DiskStore(InspectionMixin):
         return AppendResult(False, reason)
 
     def _flush_drops(self) -> None:
+        """Add this handle's drop counts to the index (with the reserve's room when the disk is full)."""
         self._drops_flushed_at = time.monotonic()
         if not self._drops:
             return
-        try:
+        counts, self._drops = self._drops, {}
+
+        def write() -> None:
             conn = self._db()
             with self._lock, state.Txn(conn):
-                state.add_dropped(conn, self._drops)
-            self._drops = {}
-        except (StoreError, sqlite3.Error):
-            pass  # disk full or read-only: keep counting in memory
+                state.add_dropped(conn, counts)
+
+        try:
+            self._with_room(write)
+        except (StoreError, sqlite3.Error, OSError):
+            for reason, n in counts.items():  # disk full with the reserve spent, or read-only: keep them
+                self._drops[reason] = self._drops.get(reason, 0) + n
+
+    def _with_room(self, fn: Callable[[], object]) -> object:
+        """Run one index transaction; if the disk is full, free the reserve for the index and run it once more."""
+        try:
+            return fn()
+        except (StoreError, sqlite3.Error, OSError) as e:
+            if not state.is_disk_full(e) or not self._reserve.release():
+                raise
+            self._pressure = True
+            return fn()
+
+    def _index_full(self) -> None:
+        """A store call failed with a full disk (boundary.translated): free the reserve, check space next call."""
+        self._pressure = True
+        self._space_checked_at = float("-inf")
+        self._reserve.release()
+
+    def _check_space(self) -> None:
+        """Flusher side, at most once a second: under disk pressure reclaim delivered events at once
+        (pending ones are never touched), truncate the WAL, and put the reserve back when room returns."""
+        now = time.monotonic()
+        if now - self._space_checked_at < SPACE_CHECK_INTERVAL:
+            return
+        self._space_checked_at = now
+        self._pressure = self._reserve.low()
+        if self._pressure:
+            self._with_room(lambda: self._reclaim_locked(self._clock(), pressure=True))
+        self._reserve.ensure()
 
     @property
     def _max_payload(self) -> int:
@@ -271,13 +326,18 @@ class DiskStore(InspectionMixin):
         """Start a new fencing epoch (call after winning the election); returns it."""
         self._check_pid()
         conn = self._db()
-        with self._lock, state.Txn(conn):
-            epoch = state.meta_value(conn, "epoch") + 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
-            self._direct.reset(epoch)
-            ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
-            state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
-        return epoch
+        self._check_space()
+
+        def start() -> int:
+            with self._lock, state.Txn(conn):
+                epoch = state.meta_value(conn, "epoch") + 1
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+                self._direct.reset(epoch)
+                ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
+                state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+            return epoch
+
+        return self._with_room(start)  # type: ignore[return-value]
 
     @translated
     def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
@@ -291,7 +351,9 @@ class DiskStore(InspectionMixin):
         if max_events < 1:
             return []
         conn = self._db()
+        self._check_space()
         now = self._clock()
+        low_water = 2 * max_events if self._pressure else max(INDEX_LOW_WATER, 2 * max_events)  # few index rows when low
         with self._lock:
             if epoch is not None:
                 with state.Txn(conn):
@@ -303,9 +365,9 @@ class DiskStore(InspectionMixin):
                         if direct is not None:
                             return direct
             self._index_direct_leases(conn)
-            if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 2 * max_events):
+            if state.counts(conn)[state.PENDING][0] < low_water:
                 ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, body_cache=self._body_cache,
-                       target_pending=max(INDEX_LOW_WATER, 2 * max_events))
+                       target_pending=low_water)
             with state.Txn(conn):
                 if epoch is not None:
                     state.check_epoch(conn, epoch, "lease")
@@ -370,7 +432,8 @@ class DiskStore(InspectionMixin):
         with self._lock, state.Txn(conn):
             state.check_epoch(conn, epoch, action)
             if ids and min(ids) < 0:  # direct leases
-                if action == "ack" and self._direct.try_ack(conn, ids, done_at=params[0], retain=self._retains_delivered):
+                retain = self._retains_delivered and not self._pressure  # a low disk keeps no delivered rows
+                if action == "ack" and self._direct.try_ack(conn, ids, done_at=params[0], retain=retain):
                     return len(ids)
                 if self._direct.active:
                     self._direct.materialize(conn)
@@ -426,6 +489,14 @@ class DiskStore(InspectionMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@atexit.register
+def _flush_drops_at_exit() -> None:
+    """Drop counts of stores never closed reach the index at interpreter exit (not after SIGKILL)."""
+    for store in fork_guard.live_stores():
+        if isinstance(store, DiskStore) and store._pid == os.getpid() and not store._closed and store._drops:
+            store._flush_drops()
 
 
 def _is_corruption(error: sqlite3.Error) -> bool:

@@ -107,7 +107,7 @@ class InspectionMixin:
             self._bodies.close()
             return reclaim_space(
                 conn, self.segment_dir, now=now, retention_seconds=self.retention_seconds,
-                retention_bytes=0 if pressure else self.retention_bytes,
+                retention_bytes=0 if pressure else self.retention_bytes, checkpoint=pressure,
             )
 
     @translated
