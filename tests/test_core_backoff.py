@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aop_client.core.backoff import RetryPolicy, parse_retry_after
+from aop_client.core.backoff import FailureStreak, RetryPolicy, parse_retry_after
 from aop_client.errors import ConfigError, ValidationError
 
 EXAMPLES = settings(max_examples=int(os.environ.get("AOP_HYPOTHESIS_EXAMPLES", "200")), deadline=None)
@@ -118,3 +118,48 @@ def test_retry_after_never_raises(value: str) -> None:
 def test_retry_after_unreadable_values_are_none(value: str | None) -> None:
     """Absent, negative or unreadable Retry-After values are None (plain backoff applies)."""
     assert parse_retry_after(value, 0.0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(gaps=st.lists(st.floats(min_value=0.0, max_value=30.0), min_size=1, max_size=200),
+       draws=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=200, max_size=200),
+       recover_every=st.integers(min_value=0, max_value=7))
+def test_failure_streak_waits_at_least_base_and_logs_at_most_once_per_interval(
+        gaps: list[float], draws: list[float], recover_every: int) -> None:
+    """Every wait is in [base, cap]; logged failures never exceed 1 + elapsed / log_interval, recoveries or not."""
+    streak = FailureStreak(base=0.1, cap=5.0, log_interval=60.0)
+    now, logged, failures = 1000.0, 0, 0
+    for i, gap in enumerate(gaps):
+        now += gap
+        delay, unlogged = streak.failed(now, draws[i])
+        failures += 1
+        assert 0.1 <= delay <= 5.0
+        if unlogged is not None:
+            logged += 1
+        if recover_every and i % recover_every == 0:
+            streak.succeeded()
+    assert 1 <= logged <= 1 + (now - 1000.0) / 60.0
+    assert logged <= failures
+
+
+def test_failure_streak_counts_what_it_did_not_log_and_reports_recovery() -> None:
+    """The first failure is logged; the next logged one says how many were skipped; succeeded() ends the streak."""
+    streak = FailureStreak(base=0.1, cap=5.0, log_interval=60.0)
+    assert streak.failed(0.0, 0.5)[1] == 0
+    assert [streak.failed(t, 0.5)[1] for t in (1.0, 2.0, 3.0)] == [None, None, None]
+    assert streak.failed(61.0, 0.5)[1] == 3
+    assert streak.succeeded() == 5 and streak.failures == 0
+    assert streak.succeeded() == 0  # no streak: no recovery line
+    assert streak.failed(62.0, 0.5)[1] is None  # within the interval of the last report, even in a new streak
+    assert streak.succeeded() == 0  # a streak nobody was told of needs no recovery line
+    delays = [streak.failed(200.0 + i, 0.999)[0] for i in range(10)]
+    assert delays[:3] == pytest.approx([0.1, 0.1998, 0.3996]) and delays[-1] == pytest.approx(4.995)
+
+
+def test_failure_streak_refuses_bad_fields() -> None:
+    with pytest.raises(ConfigError):
+        FailureStreak(base=0.0)
+    with pytest.raises(ConfigError):
+        FailureStreak(base=2.0, cap=1.0)
+    with pytest.raises(ValidationError):
+        FailureStreak().failed(0.0, 1.0)

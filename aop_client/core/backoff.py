@@ -98,7 +98,8 @@ class FailureStreak:
 
     def __init__(self, base: float = 0.1, cap: float = 5.0, log_interval: float = 60.0) -> None:
         if not 0 < base <= cap:
-            raise ConfigError(f"FailureStreak needs 0 < base <= cap, got base={base!r} cap={cap!r}", field="base", value=base)
+            raise ConfigError(f"FailureStreak needs 0 < base <= cap, got base={base!r} cap={cap!r}",
+                              field="base", value=base)
         self.base, self.cap, self.log_interval = float(base), float(cap), float(log_interval)
         self.failures = 0
         self.started_at: float | None = None

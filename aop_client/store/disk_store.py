@@ -190,7 +190,9 @@ class DiskStore(InspectionMixin):
             if result is not None:
                 return result
         if self._gauge.disk_low:
-            return self._disk_full()
+            self._gauge.check_disk()  # only while low: writes resume as soon as the room is back
+            if self._gauge.disk_low:
+                return self._disk_full()
         try:
             self._writer.write(record)
         except OSError as e:
@@ -201,7 +203,8 @@ class DiskStore(InspectionMixin):
     def _disk_full(self) -> AppendResult:
         """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
 
-        Writes resume when a gauge refresh (every 50 ms) finds the floor free again.
+        While the disk is low each append looks at the free space again; writes resume once
+        the floor is free.
         """
         self._gauge.disk_low = True
         try:
@@ -353,7 +356,7 @@ class DiskStore(InspectionMixin):
         conn = self._db()
         self._check_space()
         now = self._clock()
-        low_water = 2 * max_events if self._pressure else max(INDEX_LOW_WATER, 2 * max_events)  # few index rows when low
+        low_water = 2 * max_events if self._pressure else max(INDEX_LOW_WATER, 2 * max_events)  # few rows when low
         with self._lock:
             if epoch is not None:
                 with state.Txn(conn):
@@ -496,7 +499,11 @@ def _flush_drops_at_exit() -> None:
     """Drop counts of stores never closed reach the index at interpreter exit (not after SIGKILL)."""
     for store in fork_guard.live_stores():
         if isinstance(store, DiskStore) and store._pid == os.getpid() and not store._closed and store._drops:
-            store._flush_drops()
+            if store._lock.acquire(timeout=1.0):  # a daemon thread stuck inside the store must not hang the exit
+                try:
+                    store._flush_drops()
+                finally:
+                    store._lock.release()
 
 
 def _is_corruption(error: sqlite3.Error) -> bool:

@@ -35,7 +35,7 @@ def reclaim_space(
     """
     reclaimed = 0
     if checkpoint:  # first give the WAL's blocks back: the deletes below need room to be written
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        truncate_wal(conn)
     while checkpoint:  # pressure: every delivered row goes, in small transactions, so the WAL reuses its blocks
         with state.Txn(conn):
             rows = conn.execute(
@@ -74,5 +74,15 @@ def reclaim_space(
                 os.unlink(path)
                 conn.execute("DELETE FROM segments WHERE id = ?", (sid,))
     if checkpoint:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        truncate_wal(conn)
     return reclaimed
+
+
+def truncate_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint the whole WAL and truncate it to zero bytes, waiting at most 0.1 s for other connections."""
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout=100")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # busy: finished by a later call
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout)}")

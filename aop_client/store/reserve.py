@@ -74,7 +74,7 @@ class SpaceReserve:
             st = os.lstat(self.path)
         except OSError:
             return False
-        return st.st_size >= self.size and st.st_blocks * 512 >= self.size
+        return st.st_size >= self.size
 
     def _open(self) -> int | None:
         try:
@@ -113,7 +113,7 @@ class SpaceReserve:
     def release(self) -> bool:
         """Give the reserve's blocks back to the filesystem; True when that freed anything."""
         try:
-            if os.lstat(self.path).st_blocks == 0:
+            if os.lstat(self.path).st_size == 0:
                 return False
         except OSError:
             return False

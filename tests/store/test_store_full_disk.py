@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from aop_client import AOPClient, ClientConfig
-from aop_client.store import DiskStore
+from aop_client.store import DiskStore, state
 from aop_client.store.reserve import RESERVE_NAME
 from aop_client.testing import wait_until
 from test_cli import aop_env, run_aop
@@ -25,17 +26,9 @@ PAD = "p" * 1000
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path):
-    """A 4 MiB tmpfs mounted on tmp_path/mnt for the test, unmounted after it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; CI runs as root, so this runs there")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+def small_fs(mount_tmpfs) -> Path:
+    """A 4 MiB tmpfs mounted for the test, unmounted after it (skipped unless root; CI is root)."""
+    return mount_tmpfs("4m")
 
 
 def free_bytes(path: Path) -> int:
@@ -139,3 +132,21 @@ def test_drop_counts_survive_a_process_exit_on_a_full_disk(small_fs) -> None:
         stats = store.stats()
     assert stats.dropped == {"disk_full": 37}
     assert stats.pending == int(out.stdout)
+
+
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path) -> None:
+    """A COMMIT that fails (as SQLITE_FULL can) is rolled back: the write lock is free for the next writer."""
+    path = str(tmp_path / "t.sqlite3")
+    first = state.open_index(path, fsync=False)
+    other = state.open_index(path, fsync=False)
+    other.execute("PRAGMA busy_timeout=0")
+    first.execute("PRAGMA foreign_keys=ON")
+    first.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY)")
+    first.execute("CREATE TABLE child(p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError):
+        with state.Txn(first):
+            first.execute("INSERT INTO child VALUES (42)")  # refused only at COMMIT
+    assert not first.in_transaction
+    with state.Txn(other):  # would be "database is locked" if the failed COMMIT had kept the transaction
+        other.execute("INSERT INTO parent VALUES (1)")
+    assert first.execute("SELECT COUNT(*) FROM child").fetchone()[0] == 0
