@@ -8,7 +8,6 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sqlite3
@@ -28,6 +27,7 @@ from .layout import prepare_directory
 from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
+from .pressure import SpacePressureMixin
 from .reserve import SpaceReserve
 from .segments import SegmentWriter, next_ord
 
@@ -38,10 +38,9 @@ INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
-SPACE_CHECK_INTERVAL = 1.0  # the flusher side looks at free space (statvfs) at most this often
 
 
-class DiskStore(InspectionMixin):
+class DiskStore(SpacePressureMixin, InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
 
     def __init__(
@@ -200,19 +199,6 @@ class DiskStore(InspectionMixin):
         self._gauge.added(len(record))
         return _STORED
 
-    def _disk_full(self) -> AppendResult:
-        """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
-
-        While the disk is low each append looks at the free space again; writes resume once
-        the floor is free.
-        """
-        self._gauge.disk_low = True
-        try:
-            self._writer.seal()
-        except OSError:
-            pass
-        return self._drop("disk_full")
-
     def _conn_or_none(self) -> sqlite3.Connection | None:
         """The index connection for the append path, or None (retried at most once a second)."""
         if self._conn is not None:
@@ -272,52 +258,6 @@ class DiskStore(InspectionMixin):
         if time.monotonic() - self._drops_flushed_at > DROP_FLUSH_INTERVAL:
             self._flush_drops()
         return AppendResult(False, reason)
-
-    def _flush_drops(self) -> None:
-        """Add this handle's drop counts to the index (with the reserve's room when the disk is full)."""
-        self._drops_flushed_at = time.monotonic()
-        if not self._drops:
-            return
-        counts, self._drops = self._drops, {}
-
-        def write() -> None:
-            conn = self._db()
-            with self._lock, state.Txn(conn):
-                state.add_dropped(conn, counts)
-
-        try:
-            self._with_room(write)
-        except (StoreError, sqlite3.Error, OSError):
-            for reason, n in counts.items():  # disk full with the reserve spent, or read-only: keep them
-                self._drops[reason] = self._drops.get(reason, 0) + n
-
-    def _with_room(self, fn: Callable[[], object]) -> object:
-        """Run one index transaction; if the disk is full, free the reserve for the index and run it once more."""
-        try:
-            return fn()
-        except (StoreError, sqlite3.Error, OSError) as e:
-            if not state.is_disk_full(e) or not self._reserve.release():
-                raise
-            self._pressure = True
-            return fn()
-
-    def _index_full(self) -> None:
-        """A store call failed with a full disk (boundary.translated): free the reserve, check space next call."""
-        self._pressure = True
-        self._space_checked_at = float("-inf")
-        self._reserve.release()
-
-    def _check_space(self) -> None:
-        """Flusher side, at most once a second: under disk pressure reclaim delivered events at once
-        (pending ones are never touched), truncate the WAL, and put the reserve back when room returns."""
-        now = time.monotonic()
-        if now - self._space_checked_at < SPACE_CHECK_INTERVAL:
-            return
-        self._space_checked_at = now
-        self._pressure = self._reserve.low()
-        if self._pressure:
-            self._with_room(lambda: self._reclaim_locked(self._clock(), pressure=True))
-        self._reserve.ensure()
 
     @property
     def _max_payload(self) -> int:
@@ -492,18 +432,6 @@ class DiskStore(InspectionMixin):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@atexit.register
-def _flush_drops_at_exit() -> None:
-    """Drop counts of stores never closed reach the index at interpreter exit (not after SIGKILL)."""
-    for store in fork_guard.live_stores():
-        if isinstance(store, DiskStore) and store._pid == os.getpid() and not store._closed and store._drops:
-            if store._lock.acquire(timeout=1.0):  # a daemon thread stuck inside the store must not hang the exit
-                try:
-                    store._flush_drops()
-                finally:
-                    store._lock.release()
 
 
 def _is_corruption(error: sqlite3.Error) -> bool:
