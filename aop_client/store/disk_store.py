@@ -387,7 +387,9 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
     def ack(self, refs: Iterable[object], *, epoch: int) -> None:
         """Mark leased events delivered (2xx seen); they are retained for replay, then reclaimed."""
         self._fenced_move(refs, epoch, "ack", (state.IN_FLIGHT, state.PENDING), state.DELIVERED, ", done_at = ?, lease_until = NULL", (self._clock(),))
-        if time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
+        if self._pressure:  # a low disk: forget them now and unlink what that settles (no WAL truncation here)
+            self._reclaim_locked(self._clock(), pressure=True, checkpoint=False)
+        elif time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
             self.reclaim()
 
     @translated

@@ -31,6 +31,8 @@ class SpacePressureMixin:
     _reserve: Any
     _drops: dict
     _lock: Any
+    _conn: Any
+    _pressure: bool
 
     def _disk_full(self) -> AppendResult:
         """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
@@ -70,14 +72,21 @@ class SpacePressureMixin:
         except (StoreError, sqlite3.Error, OSError) as e:
             if not state.is_disk_full(e) or not self._reserve.release():
                 raise
-            self._pressure = True
+            self._set_pressure(True)
             return fn()
 
     def _index_full(self) -> None:
         """A store call failed with a full disk (boundary.translated): free the reserve, check space next call."""
-        self._pressure = True
+        self._set_pressure(True)
         self._space_checked_at = float("-inf")
         self._reserve.release()
+
+    def _set_pressure(self, low: bool) -> None:
+        """Enter or leave disk pressure; under it the WAL is checkpointed every few pages, so it stays small."""
+        if low != self._pressure and self._conn is not None:
+            with self._lock:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={state.WAL_PAGES_LOW if low else state.WAL_PAGES}")
+        self._pressure = low
 
     def _check_space(self) -> None:
         """Flusher side, at most once a second: under disk pressure reclaim delivered events at once
@@ -86,7 +95,7 @@ class SpacePressureMixin:
         if now - self._space_checked_at < SPACE_CHECK_INTERVAL:
             return
         self._space_checked_at = now
-        self._pressure = self._reserve.low()
+        self._set_pressure(self._reserve.low())
         if self._pressure:
             self._with_room(lambda: self._reclaim_locked(self._clock(), pressure=True))
         self._reserve.ensure()

@@ -22,6 +22,8 @@ from ..errors import FencedError, StoreError
 PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
 DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+WAL_PAGES = 4096  # WAL pages before an automatic checkpoint: fewer checkpoint fsyncs on the drain path
+WAL_PAGES_LOW = 16  # under disk pressure: the WAL restarts from its start instead of growing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -61,7 +63,7 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA cache_size=-8000")
-    conn.execute("PRAGMA wal_autocheckpoint=4096")  # fewer checkpoint fsyncs on the drain path
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 1 and "indexed_total" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)")}:
         with Txn(conn):  # stores created before the column existed

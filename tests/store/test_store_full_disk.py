@@ -150,3 +150,21 @@ def test_a_failed_commit_leaves_no_transaction_open(tmp_path) -> None:
     with state.Txn(other):  # would be "database is locked" if the failed COMMIT had kept the transaction
         other.execute("INSERT INTO parent VALUES (1)")
     assert first.execute("SELECT COUNT(*) FROM child").fetchone()[0] == 0
+
+
+def test_indexed_drain_in_fsync_mode_frees_the_disk_by_the_last_ack(small_fs) -> None:
+    """Unfenced (indexed) leases and acks on a full disk: all delivered, and room for new appends at once."""
+    store = DiskStore(small_fs / "s", durability="fsync")
+    results = [store.append(f"e{i}", "r", i, b"x" * 1500) for i in range(1, 4000)]
+    stored = [f"e{i}" for i, r in enumerate(results, 1) if r.stored]
+    assert {r.reason for r in results if not r.stored} == {"disk_full"} and len(stored) > 1000
+    epoch = store.begin_epoch()
+    delivered: list[str] = []
+    while batch := store.lease(100, 1 << 20):
+        store.ack([e.ref for e in batch], epoch=epoch)
+        delivered.extend(e.event_id for e in batch)
+    assert delivered == stored
+    assert store.append("after", "r", 9999, b"y" * 1500).stored  # the drained segment is gone already
+    stats = store.stats()
+    assert stats.pending == 1 and stats.dropped == {"disk_full": len(results) - len(stored)}
+    store.close()
