@@ -99,7 +99,7 @@ class SpaceReserve:
         if fd is None:
             return False
         try:
-            os.posix_fallocate(fd, 0, self.size)
+            _allocate(fd, self.size)
             return True
         except OSError:
             try:
@@ -127,3 +127,15 @@ class SpaceReserve:
             return False
         finally:
             os.close(fd)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real blocks (posix_fallocate, or zeros where it is missing)."""
+    fallocate = getattr(os, "posix_fallocate", None)  # not on macOS
+    if fallocate is not None:
+        fallocate(fd, 0, size)
+        return
+    zeros = bytes(65536)
+    written = 0
+    while written < size:
+        written += os.pwrite(fd, zeros[: size - written], written)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -168,3 +169,23 @@ def test_indexed_drain_in_fsync_mode_frees_the_disk_by_the_last_ack(small_fs) ->
     stats = store.stats()
     assert stats.pending == 1 and stats.dropped == {"disk_full": len(results) - len(stored)}
     store.close()
+
+
+def test_the_reserve_is_private_never_follows_a_link_and_comes_back(tmp_path, monkeypatch) -> None:
+    """index.reserve is 0600 and preallocated; release frees it, ensure refills it; a planted link is left alone."""
+    store = DiskStore(tmp_path / "s")
+    reserve = store._reserve
+    st = os.lstat(reserve.path)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == reserve.size and st.st_blocks * 512 >= reserve.size
+    assert reserve.release() and os.lstat(reserve.path).st_size == 0
+    assert not reserve.release()  # nothing left to give
+    monkeypatch.delattr(os, "posix_fallocate")  # where there is none (macOS), zeros are written
+    assert reserve.ensure() and os.lstat(reserve.path).st_blocks * 512 >= reserve.size
+    store.close()
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    os.unlink(reserve.path)
+    os.symlink(target, reserve.path)
+    with DiskStore(tmp_path / "s") as again:
+        assert not again._reserve.ensure() and not again._reserve.release()
+    assert target.read_bytes() == b"keep me" and os.path.islink(reserve.path)
