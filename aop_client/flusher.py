@@ -16,7 +16,11 @@ Guarantees:
   with ``fallback_dir``, to ``fallback_<run_id>_<stamp>.json`` files) and are
   retried on the next flush, by the next leader, or by ``aop flush``;
 * ``stop(timeout)`` returns within ``timeout``: undelivered events stay in the
-  store (released, or returned by lease expiry) for the next flusher.
+  store (released, or returned by lease expiry) for the next flusher;
+* when the loop itself fails (an epoch it cannot start, a store it cannot
+  write, e.g. on a full disk) it backs off (:class:`~aop_client.core.backoff.FailureStreak`:
+  0.1 s doubling to 5 s), logs the first failure at WARNING with its cause,
+  then at most one line a minute, and one INFO line once an epoch starts again.
 
 Hooks: ``pre_send_hook(event)`` runs for every event before each POST that
 carries it; ``post_send_hook(event, success)`` runs once per final outcome in
