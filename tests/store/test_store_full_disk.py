@@ -22,6 +22,7 @@ from aop_client.store import DiskStore, state
 from aop_client.store.reserve import RESERVE_NAME
 from aop_client.testing import wait_until
 from test_cli import aop_env, run_aop
+from test_store_hostile_env import _drain
 
 PAD = "p" * 1000
 
@@ -159,12 +160,7 @@ def test_indexed_drain_in_fsync_mode_frees_the_disk_by_the_last_ack(small_fs) ->
     results = [store.append(f"e{i}", "r", i, b"x" * 1500) for i in range(1, 4000)]
     stored = [f"e{i}" for i, r in enumerate(results, 1) if r.stored]
     assert {r.reason for r in results if not r.stored} == {"disk_full"} and len(stored) > 1000
-    epoch = store.begin_epoch()
-    delivered: list[str] = []
-    while batch := store.lease(100, 1 << 20):
-        store.ack([e.ref for e in batch], epoch=epoch)
-        delivered.extend(e.event_id for e in batch)
-    assert delivered == stored
+    assert _drain(store) == stored  # begin_epoch, then unfenced lease/ack until nothing is left
     assert store.append("after", "r", 9999, b"y" * 1500).stored  # the drained segment is gone already
     stats = store.stats()
     assert stats.pending == 1 and stats.dropped == {"disk_full": len(results) - len(stored)}
