@@ -16,7 +16,12 @@ Guarantees:
   with ``fallback_dir``, to ``fallback_<run_id>_<stamp>.json`` files) and are
   retried on the next flush, by the next leader, or by ``aop flush``;
 * ``stop(timeout)`` returns within ``timeout``: undelivered events stay in the
-  store (released, or returned by lease expiry) for the next flusher.
+  store (released, or returned by lease expiry) for the next flusher;
+* when the loop itself fails (an epoch it cannot start, a store it cannot
+  write, e.g. on a full disk) it backs off (:class:`~aop_client.core.backoff.FailureStreak`:
+  0.1 s doubling to 5 s) and reports it like any failure (kind ``store``: the
+  first at WARNING with its cause, then at most one line a minute), and logs one
+  INFO line once an epoch starts again.
 
 Hooks: ``pre_send_hook(event)`` runs for every event before each POST that
 carries it; ``post_send_hook(event, success)`` runs once per final outcome in
@@ -50,7 +55,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import orjson
 
-from .core.backoff import RetryPolicy
+from .core.backoff import FailureStreak, RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
@@ -69,7 +74,6 @@ log = logging.getLogger("aop_client.flusher")
 _EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgetter("attempts"), operator.attrgetter("body")
 _PREPARED_MAX_AGE = 60.0  # seconds a prepared (signed) batch may wait for its POST; servers accept 300
 _POLL = 0.25  # longest wait between store polls while elected and idle
-_ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
 
 _live_flushers: "weakref.WeakSet[Flusher]" = weakref.WeakSet()
@@ -153,6 +157,7 @@ class Flusher:
         self.debug = bool(debug)
         directory = getattr(store, "directory", None)
         self._reporter = FailureReporter(str(directory) if directory else None, log, debug=self.debug)
+        self._streak = FailureStreak()  # the loop's own failures (a store it cannot write): its backoff
         _live_flushers.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -167,6 +172,7 @@ class Flusher:
         self._counts = defaultdict(int)
         self._paused = False
         self._reporter = FailureReporter(self._reporter.directory, log, debug=self.debug)
+        self._streak = FailureStreak()
         self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
@@ -286,9 +292,8 @@ class Flusher:
                     self._step_down()
                     continue
                 except Exception as e:  # the loop must survive anything the store or a bug throws
-                    self._note_error(f"{type(e).__name__}: {e}", e)
                     self._step_down()  # the next epoch returns whatever this one held to pending
-                    self._stop.wait(_ERROR_PAUSE)
+                    self._stop.wait(self._loop_failed(f"{type(e).__name__}: {e}", e))
                     continue
                 if finished and one_shot:
                     return None
@@ -307,12 +312,22 @@ class Flusher:
             self._epoch = self.store.begin_epoch()
             self.store.retry_fallback()  # crash recovery: a new leader retries what was parked
         except Exception as e:
-            self._note_error(f"could not start epoch: {type(e).__name__}: {e}", e)
             self._epoch = None
             self.election.release()
+            self._stop.wait(self._loop_failed(f"could not start epoch: {type(e).__name__}: {e}", e))
             return False
         log.info("aop_client flusher elected (epoch %s)", self._epoch)
+        streak_started = self._streak.started_at
+        failures = self._streak.succeeded()
+        if failures:
+            log.info("aop_client flusher: the store works again after %d failed attempt(s) over %.1f s",
+                     failures, time.monotonic() - (streak_started or time.monotonic()))
         return True
+
+    def _loop_failed(self, message: str, exc: BaseException) -> float:
+        """A failure of the loop itself (not of a batch): noted and reported by kind (rate-limited); returns the backoff."""
+        self._note_error(message, exc)
+        return self._streak.failed(time.monotonic(), self.rng.random())
 
     def _step_down(self) -> None:
         if self._epoch is not None or self.election.is_leader:

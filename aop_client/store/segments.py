@@ -161,6 +161,33 @@ class SegmentWriter:
                     cond.notify_all()
                 self._synced = max(self._synced, target)
 
+    def seal(self) -> None:
+        """Close a non-empty current segment so it is sealed (reclaim may unlink it once settled).
+
+        Called when a write met a full disk: a segment held open by its writer
+        can never be unlinked, so the space it holds would stay taken after its
+        events are delivered. The next write starts a new segment.
+        """
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            if self._fd is None or self._size == 0:
+                return
+            with self._sync_cond:
+                while self._syncing:  # a group-commit leader uses the fd outside self._lock
+                    self._sync_cond.wait()
+                fds, self._fd, self._retired = [*self._retired, self._fd], None, []
+                if self.fsync:
+                    for fd in fds:
+                        try:
+                            os.fdatasync(fd)
+                        except OSError:
+                            pass
+                    self._synced = self._written
+                    self._sync_cond.notify_all()
+            for fd in fds:
+                os.close(fd)
+
     def close(self) -> None:
         """Close the segment (which seals it); safe to call twice."""
         if self._pid != os.getpid():
