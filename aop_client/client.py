@@ -28,7 +28,7 @@ from .config import ClientConfig
 from .delivery_report import FailureReporter
 from .errors import AOPError, ConfigError, ValidationError
 from .events import validate_envelope
-from .protocol import copy_json
+from .protocol import check_json, copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder
 
@@ -184,7 +184,8 @@ class AOPClient:
             return None, "redacted"
         try:
             validate_envelope(out)
-        except ValidationError as exc:
+            check_json(out)  # the protocol walk signed_body relies on: a set, 2**53 or 200 levels is not JSON
+        except (ValidationError, RecursionError, TypeError) as exc:
             self._drop("redaction_error",
                        f"redaction_hook returned an invalid envelope ({type(exc).__name__})", "redaction_hook")
             return None, "redaction_error"
