@@ -51,7 +51,7 @@ import weakref
 from typing import Any, Optional
 
 from .errors import StoreError
-from .store.layout import describe, ensure_private_directory
+from .store.layout import NotOwnedError, ensure_private_directory, open_owned
 
 __all__ = ["FlusherElection", "LOCK_FILE_NAME", "MAX_POLL_INTERVAL"]
 
@@ -79,28 +79,26 @@ def _ensure_private_directory(directory: str) -> None:
 
 def _open_lock_file(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     """Open the lock file without following a symlink; refuse anything but a regular file of ours."""
+    owner = None if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+        fd = open_owned(path, flags, owner=owner, mode=_FILE_MODE)
     except FileNotFoundError:
         if not flags & os.O_CREAT:
             raise  # holder(): no lock file, no holder
         raise StoreError(f"cannot open flusher lock file {path!r}: its directory is gone") from None
+    except NotOwnedError as e:
+        raise StoreError(f"flusher lock: {e}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise StoreError(f"refusing flusher lock file {path!r}: it is a symlink (never followed, never "
                              f"written through); remove it (`rm {path}`)") from None
         raise StoreError(f"cannot open flusher lock file {path!r}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        owner = os.geteuid() if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
-            raise StoreError(f"refusing flusher lock {describe(path, st)}: only a regular file of uid {owner} "
-                             f"is used; remove it (`rm {path}`)")
-        if flags & os.O_CREAT and stat.S_IMODE(st.st_mode) != _FILE_MODE:
+    if flags & os.O_CREAT and stat.S_IMODE(os.fstat(fd).st_mode) != _FILE_MODE:
+        try:
             os.fchmod(fd, _FILE_MODE)
-    except BaseException:
-        os.close(fd)
-        raise
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 

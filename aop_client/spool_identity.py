@@ -40,6 +40,7 @@ import orjson
 from .config import default_spool_root, normalized_base_url
 from .errors import ConfigError, SignatureError, StoreError
 from .signing import verify_event
+from .store.layout import NotOwnedError, read_owned_file, write_private_file
 
 __all__ = ["IDENTITY_FILE", "make_identity", "differing_fields", "read_identity", "write_identity",
            "open_bound", "ensure_bound", "foreign_signatures", "adopt", "legacy_default_path",
@@ -100,25 +101,18 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
     """The identity of a spool directory, or None when it has none (yet); StoreError if it is unsafe or damaged."""
     path = _path(directory)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        raw = read_owned_file(path, limit=_MAX_FILE + 1)  # only the uid running the application writes in its spool
     except FileNotFoundError:
         return None
+    except NotOwnedError as e:
+        what = (f"belongs to uid {e.st_uid}, not to us (uid {e.owner})" if stat.S_ISREG(e.st_mode)
+                else "is not a regular file")
+        raise StoreError(f"spool identity {path!r} {what}; remove it and run `aop spool adopt`") from None
     except OSError as e:
         raise StoreError(f"cannot read spool identity {path!r} ({e.strerror}); it must be a regular "
-                         "file, not a link: remove it and run `aop spool adopt`") from e
+                         "file of ours, not a link: remove it and run `aop spool adopt`") from e
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
-            raise StoreError(f"spool identity {path!r} is not a small regular file; "
-                             "remove it and run `aop spool adopt`")
-        if st.st_uid != os.geteuid():  # only the uid running the application writes in its spool
-            raise StoreError(f"spool identity {path!r} belongs to uid {st.st_uid}, not to us "
-                             f"(uid {os.geteuid()}); remove it and run `aop spool adopt`")
-        raw = os.read(fd, _MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    try:
-        value = orjson.loads(raw)
+        value = orjson.loads(raw) if len(raw) <= _MAX_FILE else None
     except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict) or value.get("format") != FORMAT or not isinstance(value.get("nonce"), str):
@@ -128,38 +122,20 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
 
 
 def write_identity(directory: "str | os.PathLike[str]", identity: dict, *, replace: bool = False) -> bool:
-    """Write the identity file atomically (0600, O_EXCL, O_NOFOLLOW, then link or rename).
+    """Write the identity file atomically and durably (layout.write_private_file: 0600, O_EXCL, no link followed).
 
     Without ``replace`` the file is only created: returns False when another process bound
     the spool first (the caller re-reads it). With ``replace`` it is swapped in by rename.
+    StoreError when it cannot be written (a full disk, a read-only filesystem...).
     """
     directory = os.fspath(directory)
-    tmp = os.path.join(directory, f".{IDENTITY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            os.write(fd, orjson.dumps(identity, option=orjson.OPT_INDENT_2) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.rename(tmp, _path(directory))
-        else:
-            try:
-                os.link(tmp, _path(directory))
-            except FileExistsError:
-                return False
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
+        return write_private_file(directory, IDENTITY_FILE, orjson.dumps(identity, option=orjson.OPT_INDENT_2) + b"\n",
+                                  fsync=True, exclusive=not replace)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise StoreError(f"cannot write the spool identity {_path(directory)!r}: {e.strerror or e}") from e
 
 
 def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> ConfigError:
