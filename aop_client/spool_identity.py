@@ -41,10 +41,12 @@ from .config import default_spool_root, normalized_base_url
 from .errors import ConfigError, SignatureError, StoreError
 from .signing import verify_event
 from .store.layout import NotOwnedError, read_owned_file, write_private_file
+from .store.records import Record, decode_run
+from .store.segments import is_sealed, list_segments, read_at
 
 __all__ = ["IDENTITY_FILE", "make_identity", "differing_fields", "read_identity", "write_identity",
            "open_bound", "ensure_bound", "foreign_signatures", "adopt", "legacy_default_path",
-           "migrate_legacy_default"]
+           "migrate_legacy_default", "sample_bodies", "live_writers", "hold_quiet"]
 
 log = logging.getLogger("aop_client")
 
@@ -53,6 +55,7 @@ FORMAT = 1
 SAMPLE = 64  # undelivered events whose signatures are checked before binding or adopting
 _FIELDS = ("base_url", "api_key", "org_salt_key")
 _MAX_FILE = 64 * 1024
+_SAMPLE_READ = 4 << 20  # bytes read from the start of a segment to sample its records
 _checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
 
 
@@ -166,16 +169,48 @@ def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
     return True
 
 
-def foreign_signatures(store: Any, org_salt_key: Optional[str], limit: int = SAMPLE) -> tuple[int, int]:
-    """(sampled, not ours): how many sampled undelivered events do not verify under ``org_salt_key``.
+def sample_bodies(segment_dir: str, limit: int = SAMPLE) -> list[bytes]:
+    """Up to ``limit`` event bodies read straight from the oldest and the newest segments (nothing indexed).
+
+    The first records of the oldest segments and the last ones of the newest segment
+    (its first ``_SAMPLE_READ`` bytes): a cheap look at a backlog, made before a spool
+    is bound, adopted or moved. Delivered events still kept for retention count too.
+    """
+    try:
+        segments = list_segments(segment_dir)
+    except FileNotFoundError:
+        return []
+    half = max(1, limit // 2)
+
+    def records(name: str, size: int) -> list[bytes]:
+        try:
+            buf = read_at(os.path.join(segment_dir, name), 0, min(size, _SAMPLE_READ))
+        except FileNotFoundError:
+            return []
+        return [buf[r.body_offset:r.body_offset + r.body_len]
+                for r in decode_run(buf).items if type(r) is Record]
+
+    oldest: list[bytes] = []
+    for name, size in segments[:-1]:
+        oldest += records(name, size)
+        if len(oldest) >= half:
+            break
+    newest = records(*segments[-1]) if segments else []
+    if len(segments) == 1:
+        return newest[:half] + newest[half:][-half:]
+    return oldest[:half] + newest[-half:]
+
+
+def foreign_signatures(segment_dir: str, org_salt_key: Optional[str], limit: int = SAMPLE) -> tuple[int, int]:
+    """(sampled, not ours): how many sampled events of the spool do not verify under ``org_salt_key``.
 
     Without a salt an event is ours when unsigned; with one, when its ``sig`` verifies.
     """
-    events = store.sample_undelivered(limit)
+    bodies = sample_bodies(segment_dir, limit)
     foreign = 0
-    for event in events:
+    for body in bodies:
         try:
-            value = orjson.loads(event.body)
+            value = orjson.loads(body)
         except orjson.JSONDecodeError:
             foreign += 1
             continue
@@ -186,7 +221,41 @@ def foreign_signatures(store: Any, org_salt_key: Optional[str], limit: int = SAM
             verify_event(value, org_salt_key)
         except SignatureError:
             foreign += 1
-    return len(events), foreign
+    return len(bodies), foreign
+
+
+def live_writers(segment_dir: str) -> int:
+    """How many segments of the spool a running process still holds open for writing (not sealed)."""
+    try:
+        segments = list_segments(segment_dir)
+    except FileNotFoundError:
+        return 0
+    return sum(not is_sealed(os.path.join(segment_dir, name)) for name, _size in segments)
+
+
+def hold_quiet(directory: str, *, create: bool = True) -> tuple[Optional[Any], Optional[str]]:
+    """(the spool's flusher election, won, or None; why not): exclusive while nobody else sends or writes.
+
+    Taken before a spool is moved or rebound: the flusher lock (no flusher sends
+    meanwhile, none starts) and no live writer (a process still appending to its
+    segment). The caller closes the election when done.
+    """
+    from .election import FlusherElection
+
+    election = FlusherElection(directory, create=create)
+    try:
+        if not election.try_acquire():
+            holder = election.holder() or {}
+            election.close()
+            return None, f"process {holder.get('pid')} on {holder.get('host')} is its flusher"
+    except OSError as e:  # StoreError too: a planted lock file, a spool renamed away meanwhile
+        election.close()
+        return None, f"its flusher lock cannot be taken ({e})"
+    writers = live_writers(os.path.join(directory, "segments"))
+    if writers:
+        election.close()
+        return None, f"{writers} of its segments are still open for writing by running processes"
+    return election, None
 
 
 def ensure_bound(store: Any, config: Any) -> None:
@@ -194,7 +263,7 @@ def ensure_bound(store: Any, config: Any) -> None:
     directory = store.directory
     if refuse_other(directory, config):
         return
-    sampled, foreign = foreign_signatures(store, config.org_salt_key)
+    sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
     if foreign:
         salt = "unsigned" if config.org_salt_key is None else "signed with this org_salt_key"
         err = ConfigError(
@@ -229,32 +298,41 @@ def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
     return store
 
 
-def adopt(store: Any, config: Any, *, force: bool = False, before: Optional[Callable[[], None]] = None) -> dict:
+def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
     """Rebind a spool to ``config``'s credentials (key rotation); returns what changed.
 
-    ``before`` runs once it is known that something changes, before anything is checked or
-    written (the command refuses there while a flusher holds the spool).
-
-    Refused (ConfigError) while sampled undelivered events are not signed with the new salt,
-    unless ``force``: such events would be refused by a server that verifies the new salt.
+    Holds the spool's flusher lock throughout and refuses (StoreError) while another
+    process is its flusher or still writes to it: those would go on sending or storing
+    under the old credentials. ``force`` does not lift that refusal. Refused
+    (ConfigError) while sampled events are not signed with the new salt, unless
+    ``force``: a server that verifies the new salt would refuse them.
     """
-    old = read_identity(store.directory)
+    directory = os.fspath(store.directory)
+    old = read_identity(directory)
     changed = _FIELDS if old is None else tuple(differing_fields(old, config))
     if not changed:
         return {"changed": [], "previous_identity": True, "sampled": 0, "foreign": 0}
-    if before is not None:
-        before()
-    sampled, foreign = foreign_signatures(store, config.org_salt_key)
-    if foreign and not force:
-        err = ConfigError(
-            f"{foreign} of {sampled} sampled undelivered events in {store.directory!r} are not "
-            f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
-            "a server checking the new salt would refuse them. Drain them first with `aop flush` "
-            "under the old credentials, or pass --force to adopt anyway.",
-            field="org_salt_key", value=None)
-        err.fields = ("org_salt_key",)
-        raise err
-    write_identity(store.directory, make_identity(config), replace=True)
+    election, why = hold_quiet(directory, create=False)
+    if election is None:
+        raise StoreError(f"refusing to adopt {directory!r}: {why}, under the credentials it was started "
+                         "with; stop every process using the old credentials first (--force does not override this)")
+    try:
+        old = read_identity(directory)  # again, now that no one else can rebind it
+        changed = _FIELDS if old is None else tuple(differing_fields(old, config))
+        sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
+        if foreign and not force:
+            err = ConfigError(
+                f"{foreign} of {sampled} sampled undelivered events in {directory!r} are not "
+                f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
+                "a server checking the new salt would refuse them. Drain them first with `aop flush` "
+                "under the old credentials, or pass --force to adopt anyway.",
+                field="org_salt_key", value=None)
+            err.fields = ("org_salt_key",)
+            raise err
+        if changed:
+            write_identity(directory, make_identity(config), replace=True)
+    finally:
+        election.close()
     return {"changed": list(changed), "previous_identity": old is not None,
             "sampled": sampled, "foreign": foreign}
 
@@ -268,56 +346,73 @@ def legacy_default_path(config: Any) -> Path:
 def migrate_legacy_default(config: Any) -> bool:
     """Move the earlier default spool to ``config.spool_path`` when it is this deployment's; True if moved.
 
-    Moved (one rename, nothing copied) only when the new path does not exist yet, the old one is
-    a directory of ours with no identity or ours, no flusher holds it, and its sampled undelivered
-    events verify with our salt. Otherwise it stays; a process checks it once, and warns once
-    when it still holds undelivered events.
+    Checked once per process, cheaply (an lstat of the earlier path, a listing of its
+    ``segments/`` when it stays). Moved (one rename, nothing copied) only when the new
+    path does not exist yet, the old one is a directory of ours with no identity or
+    ours, and, while this process holds its flusher lock (so no flusher sends from it
+    and none starts): no segment in it is still open for writing (a running process of
+    the earlier release would lose every event it stores after the move) and its
+    sampled events verify with our salt. Otherwise it stays, nothing in it is created
+    or changed, and a warning says how to drain it. Never raises for a spool another
+    process moves or removes meanwhile.
     """
     old, new = legacy_default_path(config), Path(config.spool_path)
-    if old == new or (old, new) in _checked_legacy or not old.is_dir() or old.is_symlink():
+    if old == new or (old, new) in _checked_legacy:
         return False
     _checked_legacy.add((old, new))
-    why, undelivered = _legacy_blocker(old, new, config)
-    if why is None:
-        try:
-            os.rename(old, new)
+    try:
+        st = os.lstat(old)
+    except OSError:  # none, or another worker of this deployment moved it just now
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    election = None
+    try:
+        why, election = _legacy_blocker(old, new, config, st)
+        if why is None:
+            os.rename(old, new)  # the flusher lock we hold moves with it; released below
             log.info("aop_client moved the earlier default spool %s to %s", old, new)
             return True
-        except OSError as e:
-            if not old.exists():  # another process of this deployment moved it first
-                return False
-            why = f"it could not be moved ({e.strerror})"
-    if undelivered:
-        log.warning("aop_client left the earlier default spool %s (%s undelivered events) in place: %s. "
-                    "`aop status --spool %s` shows them; `aop flush --spool %s` with the credentials that "
-                    "stored them delivers them (see docs/operations.md)", old, undelivered, why, old, old)
+    except OSError as e:  # raced by another worker's rename, or it could not be moved: not moved
+        why = f"it could not be moved ({e.strerror or e})"
+    finally:
+        if election is not None:
+            election.close()
+    segments = _segment_count(old / "segments")
+    if segments:
+        log.warning("aop_client left the earlier default spool %s (%s segment files) in place: %s. "
+                    "`aop status --spool %s` shows its undelivered events; `aop flush --spool %s` with the "
+                    "credentials that stored them delivers them; remove it once drained (see docs/operations.md)",
+                    old, segments, why, old, old)
     return False
 
 
-def _legacy_blocker(old: Path, new: Path, config: Any) -> tuple[Optional[str], Optional[int]]:
-    """(why the earlier default spool must not be moved to ``new`` or None, its undelivered events or None)."""
-    from .election import FlusherElection
-    from .store import DiskStore
-
-    if os.lstat(old).st_uid != os.geteuid():
-        return "it belongs to another user", None
-    undelivered = None
+def _segment_count(segment_dir: Path) -> int:
     try:
-        with DiskStore(old) as store:
-            st = store.stats()
-            undelivered = st.pending + st.in_flight + st.fallback
-            if new.exists():
-                return f"{new} exists already", undelivered
-            with FlusherElection(old) as election:
-                holder = election.holder()
-            if holder and holder.get("alive"):
-                return f"process {holder.get('pid')} is its flusher", undelivered
-            refuse_other(old, config)
-            sampled, foreign = foreign_signatures(store, config.org_salt_key)
+        return len(list_segments(os.fspath(segment_dir)))
+    except OSError:
+        return 0
+
+
+def _legacy_blocker(old: Path, new: Path, config: Any, st: os.stat_result) -> tuple[Optional[str], Any]:
+    """(why the earlier default spool must not be moved to ``new`` or None, its flusher election held or None).
+
+    The caller closes the election (after the rename): it is held across the checks and the rename.
+    """
+    if st.st_uid != os.geteuid():
+        return "it belongs to another user", None
+    if os.path.lexists(new):
+        return f"{new} exists already", None
+    election, why = hold_quiet(os.fspath(old), create=False)  # never re-creates a spool renamed away
+    if election is None:
+        return why, None
+    try:
+        refuse_other(old, config)
     except ConfigError:
-        return "it is bound to other credentials", undelivered
+        return "it is bound to other credentials", election
     except StoreError as e:
-        return f"it cannot be opened ({e})", None
+        return f"its identity cannot be read ({e})", election
+    sampled, foreign = foreign_signatures(os.fspath(old / "segments"), config.org_salt_key)
     if foreign:
-        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", undelivered
-    return None, undelivered
+        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", election
+    return None, election

@@ -197,9 +197,37 @@ def test_adopt_refuses_while_a_flusher_holds_the_spool(tmp_path, capsys):
         assert adopt(spool, key="key-2") == 2
         assert f"process {os.getpid()}" in capsys.readouterr().err
         assert adopt(spool) == 0 and "already bound" in capsys.readouterr().out  # nothing to change: no refusal
+        assert adopt(spool, "--force", key="key-2") == 2  # --force never overrides a running flusher
     finally:
         holder.stop(timeout=0.5, flush=False)
+    # stopped, it may still emit under the old key: its open segment is a live writer
+    assert adopt(spool, "--force", key="key-2") == 2
+    assert "still open for writing" in capsys.readouterr().err
+    holder.store.close()
     assert adopt(spool, key="key-2") == 0
+    assert differing_fields(read_identity(spool), config(key="key-2")) == []
+
+
+def test_adopt_holds_the_flusher_lock_so_no_flusher_starts_meanwhile(tmp_path, monkeypatch):
+    """While adopt runs (between its checks and the new identity) no other process can become the flusher."""
+    from aop_client import spool_identity
+    from aop_client.election import FlusherElection
+
+    spool = tmp_path / "s"
+    fill(spool, 2).store.close()
+    seen = []
+    real = spool_identity.write_identity
+
+    def write(directory, identity, **kw):
+        with FlusherElection(directory) as other:
+            seen.append(other.try_acquire())
+        return real(directory, identity, **kw)
+
+    monkeypatch.setattr(spool_identity, "write_identity", write)
+    assert adopt(spool, key="key-2") == 0
+    assert seen == [False]
+    with FlusherElection(spool) as after:  # released once done
+        assert after.try_acquire()
 
 
 def test_adopt_needs_an_existing_spool(tmp_path, capsys, monkeypatch):

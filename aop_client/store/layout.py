@@ -210,9 +210,9 @@ def _check_ancestors(path: str) -> None:
         head = parent
 
 
-def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
+def _subdir(root_fd: int, root: str, name: str, read_only: bool, create: bool = True) -> str:
     path = os.path.join(root, name)
-    if not read_only:
+    if create and not read_only:
         try:
             os.mkdir(name, 0o700, dir_fd=root_fd)
         except FileExistsError:
@@ -220,7 +220,7 @@ def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
     try:
         fd = _open_dir(name, path, root_fd)
     except FileNotFoundError:
-        if read_only:
+        if read_only or not create:
             return path  # inspection of a spool without it: nothing to read there
         raise
     try:
@@ -230,7 +230,7 @@ def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
     return path
 
 
-def _open_root(directory: str | os.PathLike, read_only: bool) -> tuple[str, int]:
+def _open_root(directory: str | os.PathLike, read_only: bool, create: bool = True) -> tuple[str, int]:
     """(absolute path, checked O_NOFOLLOW descriptor) of a spool root, created 0700 with its parents when missing."""
     try:
         path = os.path.abspath(os.fspath(directory))
@@ -240,7 +240,7 @@ def _open_root(directory: str | os.PathLike, read_only: bool) -> tuple[str, int]
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            if read_only:
+            if read_only or not create:
                 raise StoreError(f"store directory {path!r} does not exist") from None
             _make_parents_private(path)
             st = os.lstat(path)
@@ -275,19 +275,23 @@ def ensure_private_directory(directory: str | os.PathLike) -> str:
     return path
 
 
-def prepare_directory(directory: str | os.PathLike, *, read_only: bool = False) -> tuple[str, str, str]:
+def prepare_directory(directory: str | os.PathLike, *, read_only: bool = False,
+                      must_exist: bool = False) -> tuple[str, str, str]:
     """Create (0700) or check the store directory; returns (root, segments dir, quarantine dir).
 
     Refuses (StoreError naming the path, owner, mode and what to do) any
     directory of the spool that another uid owns or that group/others may
     write, a symlinked directory whose link or target is another user's, and
     any path that is not a directory. With ``read_only`` nothing is created or
-    changed and any owner is accepted (root's inspection of a worker's spool).
+    changed and any owner is accepted (root's inspection of a worker's spool). With
+    ``must_exist`` every check is made but nothing is created: a missing spool is a
+    StoreError, missing subdirectories stay missing (a spool another process may be
+    renaming away must not be re-created behind it).
     """
-    path, root_fd = _open_root(directory, read_only)
+    path, root_fd = _open_root(directory, read_only, not must_exist)
     try:
-        segments = _subdir(root_fd, path, "segments", read_only)
-        quarantine = _subdir(root_fd, path, "quarantine", read_only)
+        segments = _subdir(root_fd, path, "segments", read_only, not must_exist)
+        quarantine = _subdir(root_fd, path, "quarantine", read_only, not must_exist)
     except StoreError:
         raise
     except OSError as e:
