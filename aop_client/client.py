@@ -259,6 +259,7 @@ class AOPClient:
         from .core.backoff import RetryPolicy
         from .election import FlusherElection
         from .flusher import Flusher
+        from .spool_identity import refuse_other
         from .transport import HttpTransport
 
         c = self.config
@@ -283,6 +284,7 @@ class AOPClient:
                 max_retries=c.max_retries, base=c.retry_backoff_base, cap=c.retry_backoff_max
             ),
             fallback_dir=c.local_fallback_dir if c.enable_local_fallback else None,
+            check_identity=lambda: refuse_other(c.spool_path, c),
             pre_send_hook=c.pre_send_hook,
             post_send_hook=c.post_send_hook,
             debug=c.debug,

@@ -262,3 +262,36 @@ def test_aop_flush_with_other_credentials_is_refused_and_sends_nothing(tmp_path,
     assert aop_collector.event_ids() == set()
     with DiskStore(spool) as store:
         assert store.stats().pending == 4
+
+
+def test_a_flusher_re_reads_the_identity_at_each_win_and_never_sends_for_another(tmp_path, caplog, aop_collector):
+    """Rebound while this client was not the flusher: once it wins it steps down, reports once, sends nothing."""
+    import logging
+
+    from aop_client.election import FlusherElection
+
+    caplog.set_level(logging.WARNING)
+    spool = tmp_path / "s"
+    blocker = FlusherElection(spool)
+    assert blocker.try_acquire()  # another process is the flusher for now
+    client = fill(spool, 3, url=aop_collector.url, key=aop_collector.api_key, salt=aop_collector.org_salt_key,
+                  batch_interval=0.01)
+    client.start()
+    try:
+        write_identity(spool, make_identity(config(url=aop_collector.url, key="key-2",
+                                                   salt=aop_collector.org_salt_key)), replace=True)
+        blocker.close()
+        wait_until(lambda: "api_key differs" in (client.get_stats()["last_error"] or "") or aop_collector.event_ids(),
+                   timeout=10)
+        assert aop_collector.event_ids() == set()
+        checks = []
+        check = client._flusher.check_identity
+        client._flusher.check_identity = lambda: (checks.append(1), check())
+        wait_until(lambda: len(checks) >= 5, timeout=10)  # it keeps campaigning, and keeps stepping down
+        stats = client.get_stats()
+        assert "api_key differs" in stats["last_error"] and not stats["is_flusher"]
+        assert aop_collector.event_ids() == set() and stats["delivered"] == 0
+        lines = [r for r in caplog.records if "api_key differs" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    finally:
+        client.stop(timeout=0.5, flush=False)

@@ -100,3 +100,29 @@ def test_no_raw_oserror_escapes_emit(tmp_path: Path, monkeypatch: pytest.MonkeyP
     except AOPError as e:  # pragma: no cover - the failure this test is for
         pytest.fail(f"emit_event raised {e!r}")
     assert result.reason == "store_error"
+
+
+def test_a_raw_oserror_from_the_election_does_not_kill_the_flusher(tmp_path: Path, aop_collector) -> None:
+    from aop_client.testing import wait_until
+
+    client = AOPClient(ClientConfig(base_url=aop_collector.url, api_key=aop_collector.api_key,
+                                    org_salt_key=aop_collector.org_salt_key, spool_dir=str(tmp_path / "s"),
+                                    batch_interval=0.01))
+    ids = {client.emit_event(client.trace_builder.create_custom("x", {"i": i})).event_id for i in range(3)}
+    flusher = client._make_flusher()
+    real, failures = flusher.election.try_acquire, []
+
+    def try_acquire() -> bool:
+        if len(failures) < 3:
+            failures.append(1)
+            raise OSError(errno.EIO, "Input/output error")
+        return real()
+
+    flusher.election.try_acquire = try_acquire
+    client._flusher, client._flusher_pid, client._started = flusher, os.getpid(), True
+    flusher.start()
+    try:
+        wait_until(lambda: aop_collector.event_ids() == ids, timeout=10)
+        assert len(failures) == 3
+    finally:
+        client.stop(timeout=2)
