@@ -97,8 +97,49 @@ def test_each_differing_field_is_named_alone(tmp_path):
         assert type(again) is ConfigError and again.fields == (name,) and str(again) == str(refused.value)
 
 
+BINDER = """
+import sys
+from aop_client import AOPClient, ClientConfig
+from aop_client.errors import ConfigError
+client = AOPClient(ClientConfig(base_url="http://127.0.0.1:9", api_key=sys.argv[2], org_salt_key="salt-1",
+                                spool_dir=sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()  # the barrier: both are released together
+try:
+    client.store
+except ConfigError as e:
+    print("refused", ",".join(e.fields), flush=True)
+else:
+    print("bound", flush=True)
+"""
+
+
 def test_binding_is_created_once_even_when_two_processes_race(tmp_path):
-    """write_identity never overwrites without replace; the loser learns it lost and is checked against the winner."""
+    """Two processes with other credentials open one new spool at once: one binds it, the other is refused."""
+    import subprocess
+    import sys
+
+    spool = tmp_path / "s"
+    procs = [subprocess.Popen([sys.executable, "-c", BINDER, str(spool), key], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for key in ("key-1", "key-2")]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        for p in procs:
+            p.stdin.write("\n")
+        for p in procs:
+            p.stdin.flush()
+        outcomes = [p.stdout.readline().strip() for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            assert p.wait(30) == 0
+    assert sorted(outcomes) == ["bound", "refused api_key"], outcomes
+    winner = ("key-1", "key-2")[outcomes.index("bound")]
+    assert differing_fields(read_identity(spool), config(key=winner)) == []
+    assert not [p.name for p in spool.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_write_identity_never_overwrites_without_replace(tmp_path):
     (tmp_path / "s").mkdir()
     first, second = make_identity(config()), make_identity(config(key="other"))
     assert write_identity(tmp_path / "s", first) is True
