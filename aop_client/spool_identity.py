@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 
 import orjson
 
-from .config import default_spool_root, normalized_base_url
+from .config import default_spool_root, normalized_base_url, public_base_url
 from .errors import ConfigError, SignatureError, StoreError
 from .signing import verify_event
 from .store.layout import NotOwnedError, read_owned_file, write_private_file
@@ -74,7 +74,8 @@ def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
     nonce = nonce or secrets.token_hex(16)
     return {
         "format": FORMAT,
-        "base_url": normalized_base_url(config.base_url),
+        "base_url": public_base_url(config.base_url),  # no user info, query or fragment: they may hold a token
+        "base_url_full": _fingerprint(normalized_base_url(config.base_url), "base_url", nonce),
         "nonce": nonce,
         "api_key": _fingerprint(config.api_key, "api_key", nonce),
         "org_salt_key": _fingerprint(config.org_salt_key, "org_salt_key", nonce),
@@ -86,14 +87,18 @@ def differing_fields(identity: dict, config: Any) -> list[str]:
     mine = make_identity(config, str(identity.get("nonce", "")))
     out = []
     for name in _FIELDS:
-        theirs, ours = identity.get(name), mine[name]
-        if theirs is None or ours is None:
-            same = theirs is None and ours is None
-        else:
-            same = isinstance(theirs, str) and hmac.compare_digest(theirs.encode(), ours.encode())
+        same = _same(identity.get(name), mine[name])
+        if name == "base_url" and same and "base_url_full" in identity:  # the query, compared by fingerprint
+            same = _same(identity["base_url_full"], mine["base_url_full"])
         if not same:
             out.append(name)
     return out
+
+
+def _same(theirs: Any, ours: Optional[str]) -> bool:
+    if theirs is None or ours is None:
+        return theirs is None and ours is None
+    return isinstance(theirs, str) and hmac.compare_digest(theirs.encode(), ours.encode())
 
 
 def _path(directory: "str | os.PathLike[str]") -> str:
@@ -145,7 +150,9 @@ def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> 
     where = os.fspath(directory)
     what = []
     if "base_url" in fields:
-        what.append(f"base_url {normalized_base_url(config.base_url)!r} is not its {identity.get('base_url')!r}")
+        ours, theirs = public_base_url(config.base_url), identity.get("base_url")
+        what.append(f"base_url {ours!r} is not its {theirs!r}" if ours != theirs
+                    else f"base_url {ours!r} differs from its own in the query string")
     what += [f"the {name} differs" for name in fields if name != "base_url"]
     err = ConfigError(
         f"spool_dir {where!r} holds the events of another destination: {', '.join(what)}. "

@@ -82,6 +82,19 @@ def test_the_identity_file_is_private_and_holds_no_secret(tmp_path):
     assert make_identity(config(salt=None))["org_salt_key"] is None
 
 
+def test_a_token_in_the_base_url_is_never_written_nor_quoted(tmp_path):
+    """User info and the query string may hold a token: the identity keeps a fingerprint of them, never the text."""
+    spool = tmp_path / "s"
+    fill(spool, 1, url="http://user:pw-tok3n@127.0.0.1:9/api?token=q-tok3n#frag")
+    assert b"tok3n" not in (spool / IDENTITY_FILE).read_bytes()
+    assert read_identity(spool)["base_url"] == "http://127.0.0.1:9/api"
+    for other in ("http://127.0.0.1:9/api?token=other-tok3n", "http://127.0.0.1:9/api"):
+        with pytest.raises(ConfigError) as refused:
+            AOPClient(config(url=other, spool=spool)).store
+        assert refused.value.fields == ("base_url",) and "tok3n" not in str(refused.value)
+    assert AOPClient(config(url="http://127.0.0.1:9/api?token=q-tok3n", spool=spool)).store
+
+
 def test_each_differing_field_is_named_alone(tmp_path):
     """A client differing in one field is refused with that field (and the way out), nothing else."""
     spool = tmp_path / "s"
