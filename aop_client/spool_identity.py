@@ -16,12 +16,15 @@ pick another ``spool_dir`` or adopt the spool on purpose (``aop spool adopt``,
 :func:`adopt`).
 
 A spool without an identity file (made by an earlier release) is bound by the
-first client whose ``org_salt_key`` verifies a sample of its undelivered
-events (or, without a salt, that finds them unsigned); otherwise it is refused.
-The earlier default spool path (a tag over base_url and api_key only) is moved
-to the new default path on first use when it passes the same check and no
-flusher holds it (:func:`migrate_legacy_default`); else it stays where it was
-and a warning says how to drain it.
+first client whose ``org_salt_key`` verifies a sample of its events (read
+straight from its segments, :mod:`aop_client.spool_backlog`; or, without a
+salt, that finds them unsigned); otherwise it is refused. The earlier default
+spool path (a tag over base_url and api_key only) is moved to the new default
+path on first use when it passes the same check, while this process holds its
+flusher lock and no process still writes to it (:func:`migrate_legacy_default`);
+else it stays where it was and a warning says how to drain it. The flusher
+re-checks the binding each time it wins the flusher lock; :func:`adopt` holds
+that lock while it rebinds.
 """
 
 from __future__ import annotations
@@ -38,24 +41,21 @@ from typing import Any, Callable, Optional
 import orjson
 
 from .config import default_spool_root, normalized_base_url, public_base_url
-from .errors import ConfigError, SignatureError, StoreError
-from .signing import verify_event
+from .errors import ConfigError, StoreError
+from .spool_backlog import foreign_signatures, hold_quiet
 from .store.layout import NotOwnedError, read_owned_file, write_private_file
-from .store.records import Record, decode_run
-from .store.segments import is_sealed, list_segments, read_at
+from .store.segments import list_segments
 
 __all__ = ["IDENTITY_FILE", "make_identity", "differing_fields", "read_identity", "write_identity",
            "open_bound", "ensure_bound", "foreign_signatures", "adopt", "legacy_default_path",
-           "migrate_legacy_default", "sample_bodies", "live_writers", "hold_quiet"]
+           "migrate_legacy_default"]
 
 log = logging.getLogger("aop_client")
 
 IDENTITY_FILE = "identity.json"
 FORMAT = 1
-SAMPLE = 64  # undelivered events whose signatures are checked before binding or adopting
 _FIELDS = ("base_url", "api_key", "org_salt_key")
 _MAX_FILE = 64 * 1024
-_SAMPLE_READ = 4 << 20  # bytes read from the start of a segment to sample its records
 _checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
 
 
@@ -174,95 +174,6 @@ def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
     if fields:
         raise _refusal(directory, identity, config, fields)
     return True
-
-
-def sample_bodies(segment_dir: str, limit: int = SAMPLE) -> list[bytes]:
-    """Up to ``limit`` event bodies read straight from the oldest and the newest segments (nothing indexed).
-
-    The first records of the oldest segments and the last ones of the newest segment
-    (its first ``_SAMPLE_READ`` bytes): a cheap look at a backlog, made before a spool
-    is bound, adopted or moved. Delivered events still kept for retention count too.
-    """
-    try:
-        segments = list_segments(segment_dir)
-    except FileNotFoundError:
-        return []
-    half = max(1, limit // 2)
-
-    def records(name: str, size: int) -> list[bytes]:
-        try:
-            buf = read_at(os.path.join(segment_dir, name), 0, min(size, _SAMPLE_READ))
-        except FileNotFoundError:
-            return []
-        return [buf[r.body_offset:r.body_offset + r.body_len]
-                for r in decode_run(buf).items if type(r) is Record]
-
-    oldest: list[bytes] = []
-    for name, size in segments[:-1]:
-        oldest += records(name, size)
-        if len(oldest) >= half:
-            break
-    newest = records(*segments[-1]) if segments else []
-    if len(segments) == 1:
-        return newest[:half] + newest[half:][-half:]
-    return oldest[:half] + newest[-half:]
-
-
-def foreign_signatures(segment_dir: str, org_salt_key: Optional[str], limit: int = SAMPLE) -> tuple[int, int]:
-    """(sampled, not ours): how many sampled events of the spool do not verify under ``org_salt_key``.
-
-    Without a salt an event is ours when unsigned; with one, when its ``sig`` verifies.
-    """
-    bodies = sample_bodies(segment_dir, limit)
-    foreign = 0
-    for body in bodies:
-        try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            foreign += 1
-            continue
-        if org_salt_key is None:
-            foreign += isinstance(value, dict) and "sig" in value
-            continue
-        try:
-            verify_event(value, org_salt_key)
-        except SignatureError:
-            foreign += 1
-    return len(bodies), foreign
-
-
-def live_writers(segment_dir: str) -> int:
-    """How many segments of the spool a running process still holds open for writing (not sealed)."""
-    try:
-        segments = list_segments(segment_dir)
-    except FileNotFoundError:
-        return 0
-    return sum(not is_sealed(os.path.join(segment_dir, name)) for name, _size in segments)
-
-
-def hold_quiet(directory: str, *, create: bool = True) -> tuple[Optional[Any], Optional[str]]:
-    """(the spool's flusher election, won, or None; why not): exclusive while nobody else sends or writes.
-
-    Taken before a spool is moved or rebound: the flusher lock (no flusher sends
-    meanwhile, none starts) and no live writer (a process still appending to its
-    segment). The caller closes the election when done.
-    """
-    from .election import FlusherElection
-
-    election = FlusherElection(directory, create=create)
-    try:
-        if not election.try_acquire():
-            holder = election.holder() or {}
-            election.close()
-            return None, f"process {holder.get('pid')} on {holder.get('host')} is its flusher"
-    except OSError as e:  # StoreError too: a planted lock file, a spool renamed away meanwhile
-        election.close()
-        return None, f"its flusher lock cannot be taken ({e})"
-    writers = live_writers(os.path.join(directory, "segments"))
-    if writers:
-        election.close()
-        return None, f"{writers} of its segments are still open for writing by running processes"
-    return election, None
 
 
 def ensure_bound(store: Any, config: Any) -> None:
