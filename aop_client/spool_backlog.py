@@ -28,9 +28,9 @@ _SAMPLE_READ = 4 << 20  # bytes read from the start of a segment to sample its r
 def sample_bodies(segment_dir: str, limit: int = SAMPLE) -> list[bytes]:
     """Up to ``limit`` event bodies read straight from the oldest and the newest segments (nothing indexed).
 
-    The first records of the oldest segments and the last ones of the newest segment
-    (its first ``_SAMPLE_READ`` bytes): a cheap look at a backlog, made before a spool
-    is bound, adopted or moved. Delivered events still kept for retention count too.
+    The first records of the oldest segments and the last ones of the newest segments
+    (of each, its first ``_SAMPLE_READ`` bytes): a cheap look at a backlog, made before
+    a spool is bound, adopted or moved. Delivered events still kept for retention count too.
     """
     try:
         segments = list_segments(segment_dir)
@@ -47,13 +47,18 @@ def sample_bodies(segment_dir: str, limit: int = SAMPLE) -> list[bytes]:
                 for r in decode_run(buf).items if type(r) is Record]
 
     oldest: list[bytes] = []
-    for name, size in segments[:-1]:
-        oldest += records(name, size)
-        if len(oldest) >= half:
-            break
-    newest = records(*segments[-1]) if segments else []
-    if len(segments) == 1:
-        return newest[:half] + newest[half:][-half:]
+    used = 0
+    while used < len(segments) and len(oldest) < half:  # the oldest segments, forward
+        oldest += records(*segments[used])
+        used += 1
+    newest: list[bytes] = []
+    last = len(segments)
+    while last > used and len(newest) < half:  # the newest ones not read yet, backward
+        last -= 1
+        newest = records(*segments[last]) + newest
+    if last == used:  # everything was read: the first and the last records of it all
+        both = oldest + newest
+        return both if len(both) <= 2 * half else both[:half] + both[-half:]
     return oldest[:half] + newest[-half:]
 
 
