@@ -152,16 +152,21 @@ def test_the_legacy_check_runs_once_per_process_and_never_opens_the_store(cfg: C
     assert opened == [] and old.is_dir() and len(si._checked_legacy) == 1
 
 
+def _backlog(spool: Path, n: int, salt_of=lambda i: SALT) -> None:
+    """n signed events of an earlier release over many small segments."""
+    builder = TraceBuilder(3)
+    with DiskStore(spool, segment_bytes=4096) as store:
+        for i in range(n):
+            event = builder.create_custom(name="old", data={"i": i, "pad": "p" * 200})
+            assert store.append(event["event_id"], event["run_id"], event["seq"], signed_body(event, salt_of(i))[1])
+
+
 def test_binding_an_earlier_spool_samples_its_segments_without_indexing_them(tmp_path: Path) -> None:
     """The first emit on a spool of an earlier release must not ingest its whole backlog to check a sample."""
     import sqlite3
 
     spool = tmp_path / "s"
-    builder = TraceBuilder(3)
-    with DiskStore(spool, segment_bytes=4096) as store:
-        for i in range(200):
-            event = builder.create_custom(name="old", data={"i": i, "pad": "p" * 200})
-            assert store.append(event["event_id"], event["run_id"], event["seq"], signed_body(event, SALT)[1])
+    _backlog(spool, 200)
     client = AOPClient(ClientConfig(base_url="http://127.0.0.1:9", api_key="k", org_salt_key=SALT,
                                     spool_dir=str(spool)))
     try:
@@ -175,12 +180,7 @@ def test_binding_an_earlier_spool_samples_its_segments_without_indexing_them(tmp
 def test_the_sample_takes_the_oldest_and_the_newest_segments(tmp_path: Path) -> None:
     """Events of another salt only at the end of the backlog are still found."""
     spool = tmp_path / "s"
-    builder = TraceBuilder(3)
-    with DiskStore(spool, segment_bytes=4096) as store:
-        for i in range(300):
-            event = builder.create_custom(name="old", data={"i": i, "pad": "p" * 200})
-            salt = SALT if i < 290 else "another-salt"
-            assert store.append(event["event_id"], event["run_id"], event["seq"], signed_body(event, salt)[1])
+    _backlog(spool, 300, lambda i: SALT if i < 290 else "another-salt")
     assert len(os.listdir(spool / "segments")) > 10
     sampled, foreign = si.foreign_signatures(str(spool / "segments"), SALT)
     assert sampled == 64 and foreign == 10
