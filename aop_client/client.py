@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import orjson
 
@@ -30,7 +30,7 @@ from .errors import AOPError, ConfigError, StoreError, ValidationError
 from .events import validate_envelope
 from .protocol import check_json, copy_json
 from .signing import signed_body
-from .trace_builder import TraceBuilder
+from .trace_builder import TraceBuilder, merge_trace
 
 __all__ = ["AOPClient", "EmitResult"]
 
@@ -43,13 +43,14 @@ _LIVE_CLIENTS: "weakref.WeakSet[AOPClient]" = weakref.WeakSet()
 class EmitResult:
     """What emit_event did with one event; truthy when the event is durably stored."""
 
-    __slots__ = ("stored", "event_id", "run_id", "body", "reason")
+    __slots__ = ("stored", "event_id", "run_id", "body", "reason", "seq")
 
     def __init__(self, stored: bool, event_id: str, run_id: str, body: bytes = b"",
-                 reason: Optional[str] = None) -> None:
+                 reason: Optional[str] = None, seq: Optional[int] = None) -> None:
         self.stored = stored
         self.event_id = event_id
         self.run_id = run_id
+        self.seq = seq  # the seq it is stored under (set when stored)
         self.body = body  # the signed, redacted envelope exactly as stored
         self.reason = reason  # why it was not stored: "redacted", "full", "disk_full", ...
 
@@ -69,7 +70,7 @@ class AOPClient:
 
     def __init__(self, config: Optional[ClientConfig] = None) -> None:
         self.config = config if config is not None else ClientConfig.from_env()
-        self.trace_builder = TraceBuilder(self.config.agent_id)
+        self.trace_builder = TraceBuilder(self.config.agent_id, emitted_source=_StoredTrace(self))
         self._key = self.config.org_salt_key
         self._lock = threading.RLock()
         self._store: Any = None
@@ -80,8 +81,7 @@ class AOPClient:
         self._started = False
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
-        self._emitted: dict[str, dict] = {}  # the current run's events as stored (for get_trace)
-        self._emitted_run: Optional[str] = None
+        self._emitted_run: Optional[str] = None  # the last run this client stored an event of
         self._last_error: Optional[str] = None
         self._since_wakeup = 0
         self._run_completion: Optional[dict] = None  # the server's last run-completion answer
@@ -149,6 +149,7 @@ class AOPClient:
         """Validate, redact, sign and durably store one event; never raises transport errors."""
         validate_envelope(event)
         event_id, run_id = event["event_id"], event["run_id"]
+        self.trace_builder.release(event_id)  # emitted: the store is its record from now on
         self._counts["emitted"] += 1
         hook = self.config.redaction_hook
         if hook is not None:
@@ -175,9 +176,7 @@ class AOPClient:
             self._dropped[result.reason or "unknown"] += 1
             return EmitResult(False, event_id, run_id, reason=result.reason)
         self._counts["stored"] += 1
-        if run_id != self._emitted_run:  # keep only the current run's events in memory
-            self._emitted_run, self._emitted = run_id, {}
-        self._emitted[event_id] = event
+        self._emitted_run = run_id
         flusher = self._flusher
         if flusher is not None:
             if self._flusher_pid != os.getpid():  # forked: the thread stayed in the parent
@@ -187,7 +186,7 @@ class AOPClient:
             if self._since_wakeup >= self.config.batch_size:
                 self._since_wakeup = 0
                 flusher.wakeup()
-        return EmitResult(True, event_id, run_id, body)
+        return EmitResult(True, event_id, run_id, body, seq=event["seq"])
 
     def _redact(self, hook: Any, event: dict) -> tuple[Optional[dict], Optional[str]]:
         """Run the redaction hook on a private copy: (event, None), or (None, why it was dropped).
@@ -221,17 +220,19 @@ class AOPClient:
         self._last_error = f"{reason}: {what}"
         self._drop_reporter.failure(kind, f"dropped an event ({reason}): {what}", time.time())
 
-    def mark_delivered(self, event_ids: Iterable[str]) -> int:
+    def mark_delivered(self, events: Iterable[Any]) -> int:
         """Record events acknowledged on a stream as delivered, so no batch resends them.
 
-        Only events this client emitted in its current run are known; others are ignored
-        (the batch path delivers them and the server dedupes). Returns how many moved.
+        ``events`` are ``(event_id, run_id, seq)`` triples (what a stream sent: the store finds
+        them by run and seq), or bare event ids, looked up among the stored events of the
+        current run (a scan of that run's index rows). Unknown events are ignored (the batch
+        path delivers them and the server dedupes). Returns how many moved.
         """
-        emitted = self._emitted
-        triples = [(i, e["run_id"], e["seq"]) for i in event_ids if (e := emitted.get(i)) is not None]
-        if not triples:
+        run_id = self.trace_builder.run_id
+        items = [(e, run_id, None) if isinstance(e, str) else tuple(e) for e in events]
+        if not items:
             return 0
-        return int(self.store.mark_delivered(triples))
+        return int(self.store.mark_delivered(items))
 
     # -------------------------------------------------------------- lifecycle
 
@@ -437,12 +438,21 @@ class AOPClient:
 
 
     def get_trace(self) -> list[dict]:
-        """Every event of the current run, as the client holds it (builder and emitted)."""
-        events = {e["event_id"]: e for e in self.trace_builder.export_trace()}
-        for event_id, event in self._emitted.items():
-            if event.get("run_id") == self.trace_builder.run_id:
-                events[event_id] = event
-        return sorted(events.values(), key=lambda e: e["seq"])
+        """The current run's events in seq order: emitted ones read back from the store, created ones held.
+
+        Emitted events are returned as stored (redacted, with ``sig``) while the store keeps
+        them: pending, in flight, fallback, and delivered within retention. An event reclaimed
+        past ``retention_seconds``/``retention_bytes`` is no longer returned (its seq is missing);
+        dead letters are not part of the trace. See docs/concepts.md.
+        """
+        builder = self.trace_builder
+        return merge_trace(self._stored_trace(builder.run_id), builder.held_events())
+
+    def _stored_trace(self, run_id: str) -> Iterator[dict]:
+        """The stored events of one run this client emitted into (none, and no store opened, otherwise)."""
+        if run_id != self._emitted_run:
+            return iter(())
+        return (orjson.loads(e.body) for e in self.store.iter_run(run_id, include_delivered=True))
 
     def get_trace_json(self, pretty: bool = False) -> str:
         """get_trace() as JSON text (indented when pretty)."""
@@ -465,6 +475,19 @@ class AOPClient:
             self._last_error = f"replay: {type(exc).__name__}: {exc}"
             log.warning("aop_client could not write the replay file: %s", exc)
             return None
+
+
+class _StoredTrace:
+    """The builder's ``emitted_source``: a client's stored events of a run (a weak reference, no cycle)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: "AOPClient") -> None:
+        self._client = weakref.ref(client)
+
+    def __call__(self, run_id: str) -> Iterator[dict]:
+        client = self._client()
+        return client._stored_trace(run_id) if client is not None else iter(())
 
 
 def _copy_json(event: Any) -> Any:

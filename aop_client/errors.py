@@ -129,4 +129,4 @@ class TransportError(AOPError):
 
 
 class StreamingUnavailableError(AOPError, ImportError):
-    """WebSocket streaming needs the ``streaming`` extra: ``pip install aop-client[streaming]``."""
+    """WebSocket streaming needs the ``streaming`` extra: ``pip install 'aop-client[streaming]'``."""

@@ -7,7 +7,10 @@ One format serves both (the brief's replay format)::
      "events": [<event envelope with sig>, ...]}
 
 The document is built by :func:`aop_client.core.fallback_doc.fallback_document`
-from the stored bodies as they are (signed, redacted; never re-serialized).
+from the stored bodies as they are (signed, redacted; never re-serialized). A
+replay file is streamed from the store (``iter_run``, a page at a time), so a run
+of any length is never in memory at once: its ``event_count`` is written into
+space reserved for it once the events are counted (digits, then JSON whitespace).
 Files are named ``<prefix>_<run_id>_<stamp>.json``, created ``0600`` inside
 ``0700`` folders, written to a temporary name, fsync'd and hard-linked into
 place so that a reader never sees half a file and no file is ever overwritten.
@@ -16,11 +19,12 @@ They never hold the api_key or the org_salt_key.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import orjson
 
@@ -29,6 +33,11 @@ from .errors import ToonParseError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import AOPClient
+    from .store.api import StoredEvent
+
+_COUNT_FIELD = b'"event_count":'
+_COUNT_WIDTH = 20  # bytes reserved for the count's digits
+_WRITE_CHUNK = 1 << 20
 
 __all__ = ["write_trace_file", "read_trace_file", "write_replay_file"]
 
@@ -36,14 +45,24 @@ __all__ = ["write_trace_file", "read_trace_file", "write_replay_file"]
 def write_trace_file(directory: str | os.PathLike, prefix: str, run_id: str, data: bytes, *,
                      now: float) -> Path:
     """Write ``data`` as a new ``<prefix>_<run_id>_<stamp>.json`` (0600, atomic, never overwriting)."""
+    return _write_new_file(directory, prefix, run_id, lambda fd: _write_all(fd, data), now=now)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_new_file(directory: str | os.PathLike, prefix: str, run_id: str, fill: Callable[[int], None], *,
+                    now: float) -> Path:
+    """Create a temporary file, let ``fill`` write it, fsync it and link it into place under a free name."""
     folder = os.fspath(directory)
     os.makedirs(folder, mode=0o700, exist_ok=True)
     tmp = os.path.join(folder, f".{prefix}-{os.getpid()}-{uuid.uuid4().hex}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        fill(fd)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -73,9 +92,10 @@ def read_trace_file(path: str | os.PathLike) -> dict:
 
 
 def write_replay_file(client: "AOPClient", run_id: str) -> Optional[Path]:
-    """Write the replay file of one run from the store (events as stored, signed)."""
-    events = [(e.seq, e.body) for e in client.store.iter_run(run_id, include_delivered=True)]
-    if not events:
+    """Write the replay file of one run from the store (events as stored, signed), streaming them."""
+    events = client.store.iter_run(run_id, include_delivered=True)
+    first = next(events, None)
+    if first is None:
         return None
     metadata = {
         "agent_id": client.config.agent_id,
@@ -83,5 +103,25 @@ def write_replay_file(client: "AOPClient", run_id: str) -> Optional[Path]:
         "stats": client.get_stats(),
     }
     now = time.time()
-    data = fallback_document(run_id, events, metadata, now=now)
-    return write_trace_file(client.config.replay_dir, "replay", run_id, data, now=now)
+    head = fallback_document(run_id, [], metadata, now=now)  # '{..."event_count":0,...,"events":[]}'
+    return _write_new_file(client.config.replay_dir, "replay", run_id,
+                           lambda fd: _write_events(fd, head, itertools.chain((first,), events)), now=now)
+
+
+def _write_events(fd: int, head: bytes, events: Iterable["StoredEvent"]) -> None:
+    """Write the document ``head`` (built with no events) with ``events`` in it, then their count."""
+    at = head.index(_COUNT_FIELD) + len(_COUNT_FIELD)  # the first one is the top-level key
+    _write_all(fd, head[:at] + b"0".ljust(_COUNT_WIDTH) + head[at + 1:-2])
+    count, size, chunk = 0, 0, []
+    for event in events:
+        if count:
+            chunk.append(b",")
+        chunk.append(event.body)
+        count += 1
+        size += len(event.body)
+        if size >= _WRITE_CHUNK:
+            _write_all(fd, b"".join(chunk))
+            size, chunk = 0, []
+    chunk.append(b"]}")
+    _write_all(fd, b"".join(chunk))
+    os.pwrite(fd, str(count).encode(), at)

@@ -1,9 +1,17 @@
 """TraceBuilder: creates the events of one agent run with gap-free sequence numbers.
 
-This module owns sequence numbering and the in-memory record of a run. Each
-``create_*`` method builds its payload with :class:`ToonBuilder`, wraps it in an
-envelope (:func:`aop_client.events.make_event`), validates it fully, records it
-and returns it. Events are not signed here: the client signs at emit time.
+This module owns sequence numbering and the in-memory record of the events of a
+run that are not emitted yet. Each ``create_*`` method builds its payload with
+:class:`ToonBuilder`, wraps it in an envelope (:func:`aop_client.events.make_event`),
+validates it fully, holds a copy and returns it. Events are not signed here: the
+client signs at emit time.
+
+Memory stays bounded in a long-lived process: an event handed to
+``AOPClient.emit_event`` is *released* (the durable store is its record from then
+on, and ``get_events``/``get_trace`` read it back from there), and at most
+``max_held_events`` created-but-not-emitted events are held: beyond that the
+oldest is dropped, counted in :attr:`TraceBuilder.dropped_unemitted` and logged
+once per run.
 
 Sequence numbers are 1, 2, 3... per run with no gaps or duplicates, also when
 several threads create events at once (a lock covers numbering and recording);
@@ -12,11 +20,12 @@ an invalid event raises ValidationError *before* it takes a number.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -32,8 +41,12 @@ from .events import (
 )
 from .toon_parser import ToonBuilder
 
-__all__ = ["TraceBuilder"]
+__all__ = ["TraceBuilder", "DEFAULT_MAX_HELD_EVENTS"]
 
+log = logging.getLogger("aop_client")
+
+#: How many created but not yet emitted events a builder holds by default (Active Mode).
+DEFAULT_MAX_HELD_EVENTS = 10_000
 
 _LIVE_BUILDERS: "weakref.WeakSet[TraceBuilder]" = weakref.WeakSet()
 
@@ -57,7 +70,11 @@ class TraceBuilder:
         *,
         clock: Callable[[], float] = time.time,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_held_events: int = DEFAULT_MAX_HELD_EVENTS,
+        emitted_source: Callable[[str], Iterable[dict]] | None = None,
     ) -> None:
+        """``emitted_source(run_id)``, when given (AOPClient gives its store's reader), returns
+        the emitted events of a run, so that :meth:`get_events` still covers the whole run."""
         if type(agent_id) is not int:
             raise ValidationError(f"agent_id: expected an integer, got {agent_id!r:.80}", field="agent_id", value=agent_id)
         if run_id is not None and not is_uuid(run_id):
@@ -68,13 +85,27 @@ class TraceBuilder:
                 field="max_event_bytes",
                 value=max_event_bytes,
             )
+        if type(max_held_events) is not int or max_held_events < 1:
+            raise ValidationError(
+                f"max_held_events: expected a positive integer, got {max_held_events!r:.80}",
+                field="max_held_events",
+                value=max_held_events,
+            )
         self._agent_id = agent_id
         self._run_id = run_id if run_id is not None else new_run_id()
         self._clock = clock
         self._max_event_bytes = max_event_bytes
+        self._max_held = max_held_events
+        self._emitted_source = emitted_source
         self._lock = threading.Lock()
-        self._events: list[dict] = []
+        self._start_run()
         _LIVE_BUILDERS.add(self)
+
+    def _start_run(self) -> None:
+        """Forget the held events of the run before (under the lock, or before any thread sees it)."""
+        self._last_seq = 0
+        self._held: dict[str, dict] = {}  # event_id -> event, created and not emitted, oldest first
+        self._dropped_unemitted = 0
 
     def _after_fork_in_child(self) -> None:
         """A forked child starts its own run: the parent's run and seqs stay the parent's.
@@ -84,7 +115,7 @@ class TraceBuilder:
         """
         self._lock = threading.Lock()
         self._run_id = new_run_id()
-        self._events = []
+        self._start_run()
 
     def __repr__(self) -> str:
         return f"TraceBuilder(agent_id={self._agent_id}, run_id={self._run_id!r}, next_seq={self.next_seq})"
@@ -102,15 +133,25 @@ class TraceBuilder:
     @property
     def next_seq(self) -> int:
         """The seq the next created event will get."""
-        return len(self._events) + 1
+        return self._last_seq + 1
+
+    @property
+    def max_held_events(self) -> int:
+        """How many created but not yet emitted events are held at most (oldest dropped first)."""
+        return self._max_held
+
+    @property
+    def dropped_unemitted(self) -> int:
+        """Events of the current run dropped from the held set, never emitted, because it was full."""
+        return self._dropped_unemitted
 
     def new_run(self, run_id: str | None = None) -> str:
-        """Start a fresh run: new run_id (given or uuid4), seq back to 1, recorded events cleared."""
+        """Start a fresh run: new run_id (given or uuid4), seq back to 1, held events cleared."""
         if run_id is not None and not is_uuid(run_id):
             raise ValidationError(f"run_id: expected a UUID string, got {run_id!r:.80}", field="run_id", value=run_id)
         with self._lock:
             self._run_id = run_id if run_id is not None else new_run_id()
-            self._events = []
+            self._start_run()
             return self._run_id
 
     def _record(self, event_type: str, payload: dict, name: str | None = None) -> dict:
@@ -119,7 +160,7 @@ class TraceBuilder:
             event = make_event(
                 run_id=self._run_id,
                 agent_id=self._agent_id,
-                seq=len(self._events) + 1,
+                seq=self._last_seq + 1,
                 type=event_type,
                 payload=payload,
                 now=now,
@@ -127,8 +168,28 @@ class TraceBuilder:
             )
             validate_envelope(event)  # the payload was validated and copied by ToonBuilder
             check_event_size(event, self._max_event_bytes)
-            self._events.append(event)
+            self._last_seq += 1
+            held = self._held
+            held[event["event_id"]] = event
+            if len(held) > self._max_held:
+                del held[next(iter(held))]
+                self._dropped_unemitted += 1
+                if self._dropped_unemitted == 1:
+                    log.warning("aop_client: run %s holds %d created events that were never emitted; the oldest "
+                                "are dropped from get_trace() (emit them, or call new_run() per run)",
+                                self._run_id, self._max_held)
         return _copy(event)
+
+    def release(self, event_id: str) -> bool:
+        """Stop holding an event (AOPClient.emit_event calls this: the store has it now); True if it was held."""
+        with self._lock:
+            return self._held.pop(event_id, None) is not None
+
+    def held_events(self) -> list[dict]:
+        """Deep copies of the events created in the current run and not emitted, in seq order."""
+        with self._lock:
+            events = list(self._held.values())
+        return [_copy(event) for event in events]
 
     def create_reasoning(
         self,
@@ -175,21 +236,29 @@ class TraceBuilder:
         return self._record("custom", ToonBuilder.build_custom_payload(data), name)
 
     def get_events(self) -> list[dict]:
-        """Return deep copies of the recorded events of the current run, in seq order."""
-        with self._lock:
-            events = list(self._events)
-        return [_copy(event) for event in events]
+        """The events of the current run in seq order: emitted ones (from ``emitted_source``) and held ones.
+
+        Without an ``emitted_source`` (a builder used on its own), the held events.
+        """
+        source = self._emitted_source
+        held = self.held_events()
+        return merge_trace(source(self._run_id), held) if source is not None else held
 
     def export_trace(self) -> list[dict]:
-        """Return the current run's trace as a list of event dicts (deep copies)."""
+        """Return the current run's trace as a list of event dicts (deep copies); see :meth:`get_events`."""
         return self.get_events()
 
     def export_trace_json(self, pretty: bool = False) -> str:
         """Return the trace as a JSON array: compact, or indented by 2 spaces when ``pretty``."""
-        with self._lock:
-            events = list(self._events)
         option = orjson.OPT_INDENT_2 if pretty else 0
-        return orjson.dumps(events, option=option).decode("utf-8")
+        return orjson.dumps(self.get_events(), option=option).decode("utf-8")
+
+
+def merge_trace(emitted: Iterable[dict], held: Iterable[dict]) -> list[dict]:
+    """One run's trace in seq order: emitted events (as stored) and held ones (an event in both counts once)."""
+    events = {e["event_id"]: e for e in held}
+    events.update((e["event_id"], e) for e in emitted)
+    return sorted(events.values(), key=lambda e: e["seq"])
 
 
 def _copy(event: dict) -> dict:

@@ -29,7 +29,7 @@ import urllib3
 
 try:  # ISA-L (python-isal): the same gzip format, 3-7x faster than zlib at levels 1-3
     from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - a platform without an isal wheel
+except ImportError:  # the 'fast' extra is not installed: zlib, the same format
     _isal_zlib = None
 
 from ._version import __version__

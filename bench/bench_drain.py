@@ -106,13 +106,18 @@ def null_sink_main(port_queue) -> None:
     server.serve_forever()
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM) in MB."""
+def status_mb(field: str) -> float:
+    """A size field of this process's /proc/self/status (VmHWM, VmRSS, ...) in MB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM) in MB."""
+    return status_mb("VmHWM")
 
 
 class TimedTransport:

@@ -3,7 +3,7 @@
 Run a collector first (`aop serve`), then `python examples/hybrid_mode.py`.
 An event acknowledged on the stream is marked delivered in the store; any
 event the stream missed is delivered by the batch upload in finalize().
-Needs the streaming extra: pip install aop-client[streaming].
+Needs the streaming extra: pip install 'aop-client[streaming]'.
 """
 
 from aop_client import AOPClient, ClientConfig

@@ -19,7 +19,7 @@ ALL = [
     errors.StoreFullError("store full"),
     errors.FencedError("epoch 3 < 4"),
     errors.TransportError("503 from server", status=503, retryable=True),
-    errors.StreamingUnavailableError("pip install aop-client[streaming]"),
+    errors.StreamingUnavailableError("pip install 'aop-client[streaming]'"),
 ]
 
 

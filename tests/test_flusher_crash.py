@@ -114,9 +114,21 @@ def run_crash_loop(tmp_path: Path, collector, seed: int) -> dict:
     procs = [spawn_child(ctx, spool, collector, str(work), EVENTS_PER_CHILD, seed * 100 + i) for i in range(3)]
     external_kills = 0
     takeovers: list[float] = []
+
+    def replenished_leader(loop: int) -> bool:
+        """Replace workers that died (killed here or by their own chaos), then: is a leader alive?
+
+        Replacing inside the wait matters: all three workers may kill themselves mid-send
+        before the next loop, and a wait that only watched the election would then wait forever.
+        """
+        procs[:] = [p for p in procs if p.is_alive()]
+        while len(procs) < 3:
+            procs.append(spawn_child(ctx, spool, collector, str(work), EVENTS_PER_CHILD, seed * 100 + 10 + loop))
+        return bool((election.holder() or {}).get("alive"))
+
     try:
         for loop in range(KILL_LOOPS):
-            wait_until(lambda: (election.holder() or {}).get("alive"), timeout=20)
+            wait_until(lambda: replenished_leader(loop), timeout=20)
             time.sleep(rng.uniform(0.05, 0.6))  # chaos timing: let the leader get mid-batch, not a sync wait
             holder = election.holder() or {}
             victims = [p for p in procs if p.pid == holder.get("pid") and p.is_alive()]
@@ -125,16 +137,13 @@ def run_crash_loop(tmp_path: Path, collector, seed: int) -> dict:
                 os.kill(victim.pid, signal.SIGKILL)
                 victim.join(10)
                 external_kills += 1
-            procs = [p for p in procs if p.is_alive()]
-            while len(procs) < 3:  # workers that died (killed here or by their own chaos) are replaced
-                procs.append(spawn_child(ctx, spool, collector, str(work), EVENTS_PER_CHILD, seed * 100 + 10 + loop))
             if victims:
                 gone = victims[0].pid
-                wait_until(lambda: (election.holder() or {}).get("pid") not in (None, gone)
-                           and (election.holder() or {}).get("alive"), timeout=20)
+                wait_until(lambda: replenished_leader(loop) and (election.holder() or {}).get("pid") != gone,
+                           timeout=20)
                 takeovers.append(time.monotonic() - killed_at)
         (work / "chaos").unlink()
-        procs = [p for p in procs if p.is_alive()]
+        procs[:] = [p for p in procs if p.is_alive()]
         procs.append(spawn_child(ctx, spool, collector, str(work), 0, seed * 100 + 99))  # a calm survivor
         store = DiskStore(spool)
         try:

@@ -1,91 +1,54 @@
-"""The ``aop`` command: demo, collector, spool inspection and trace-file tools (click + rich).
+"""The ``aop`` command's entry point; the commands themselves are in :mod:`.app` (click + rich).
 
-Commands (one module each): ``demo`` (:mod:`.demo_cmd`), ``serve`` (:mod:`.serve`),
-``status``, ``flush``, ``dead-letters list|retry|purge`` (:mod:`.spool`),
-``replay``, ``export``, ``verify`` (:mod:`.files`), ``spool adopt`` (:mod:`.spool_adopt`). Settings come from the
-``AOP_*`` variables (``ClientConfig.from_env``); options override them.
-
-Errors are one line on stderr, ``aop: error: <what and which value>``, and no
-traceback (``aop --debug ...`` shows it). Nothing stored is deleted unless a
-command says so (``dead-letters purge``, which asks or needs ``--yes``).
-
-Exit codes:
-
-* 0 - success;
-* 1 - events remain undelivered (flush, replay rejections), a signature fails
-  (verify), or the demo lost events;
-* 2 - usage error or bad input: unknown option, missing or unreadable path,
-  bad configuration, no key;
-* 3 - the server refused (401/403, other error statuses) or is unreachable;
-* 4 - a damaged file (not JSON/TOON, not a trace file);
-* 130 - interrupted (Ctrl-C).
+click and rich are the ``cli`` extra, not the base install: the ``aop``
+console script is always installed, and without them it prints one line,
+``aop: the command line needs extra packages (click, rich): pip install
+'aop-client[cli]'``, and exits 2 (no traceback). This module imports neither
+package, so ``python -m aop_client.collector`` (argparse) and the library
+work without them. Exit codes, errors and commands: see :mod:`.app`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import click
+from ..extras import EXTRAS, install_hint
 
-from .._version import __version__
-from ..errors import AOPError
-from ._common import EXIT_BAD_INPUT, EXIT_CODES_HELP, CliError, exit_code_for
-from .demo_cmd import demo
-from .files import export, replay, verify
-from .serve import serve
-from .spool import dead_letters, flush, status
-from .spool_adopt import spool_group
+__all__ = ["main", "cli", "CliError", "missing_cli_packages"]
 
-__all__ = ["main", "cli", "CliError"]
+_EXIT_MISSING_EXTRA = 2  # the usage-error code (EXIT_BAD_INPUT of ._common, which needs click)
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version=__version__, prog_name="aop", message="aop %(version)s")
-@click.option("--debug", is_flag=True, help="show tracebacks of errors")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """aop: run the demo, the reference collector, and inspect or drain this host's spool."""
-    ctx.obj = {"debug": debug}
-
-
-for _command in (demo, serve, status, flush, replay, export, verify, dead_letters, spool_group):
-    cli.add_command(_command)
-
-
-def _error(message: str) -> None:
-    first = " ".join(str(message).split())
-    click.echo(f"aop: error: {first}", err=True)
+def missing_cli_packages() -> list[str]:
+    """The packages of the ``cli`` extra that cannot be imported here (empty when the extra is installed)."""
+    return [name for name in EXTRAS["cli"] if importlib.util.find_spec(name) is None]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``aop`` console script; returns (and exits with) the documented code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
-    try:
-        code = cli.main(args=args, prog_name="aop", standalone_mode=False)
-    except click.exceptions.Abort:
-        _error("aborted")
-        code = 130
-    except click.ClickException as e:
-        if debug:
-            raise
-        _error(e.format_message())
-        code = e.exit_code if isinstance(e, CliError) else EXIT_BAD_INPUT
-    except AOPError as e:
-        if debug:
-            raise
-        _error(str(e))
-        code = exit_code_for(e)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        code = 130
-    except OSError as e:
-        if debug:
-            raise
-        _error(f"{getattr(e, 'filename', None) or ''} {e.strerror or e}".strip())
-        code = EXIT_BAD_INPUT
-    code = code if isinstance(code, int) else 0
+    """Entry point of the ``aop`` console script; returns (and, called without ``argv``, exits with) the code."""
+    missing = missing_cli_packages()
+    if missing:
+        print(f"aop: the command line needs extra packages ({', '.join(missing)}): {install_hint('cli')}",
+              file=sys.stderr)
+        code = _EXIT_MISSING_EXTRA
+    else:
+        from .app import run
+
+        code = run(list(sys.argv[1:] if argv is None else argv))
     if argv is None:
         sys.exit(code)
     return code
+
+
+def __getattr__(name: str) -> Any:  # ``from aop_client.cli import cli, CliError`` (needs the cli extra)
+    if name == "cli":
+        from .app import cli
+
+        return cli
+    if name == "CliError":
+        from ._common import CliError
+
+        return CliError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

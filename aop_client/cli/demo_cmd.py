@@ -51,6 +51,7 @@ def demo(workers: int, events: int, seed: Optional[int], timeout: float, as_json
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .. import collector  # noqa: F401 - without the collector extra: one line, before any progress bar
     from ..demo import run_demo
 
     show = not quiet and not as_json

@@ -10,6 +10,7 @@ connection limit), ``runner`` (thread / child-process / blocking runners),
 
 from __future__ import annotations
 
+from ..extras import install_hint
 from .config import CollectorConfig
 from .faults import Fault, FaultConfig, FaultKind, FaultStage
 
@@ -18,8 +19,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     if getattr(e, "name", None) != "aiohttp":
         raise
-    raise ImportError("the reference collector needs aiohttp: pip install 'aop-client[collector]'",
-                      name="aiohttp") from e
+    raise ImportError(f"the reference collector needs aiohttp: {install_hint('collector')}", name="aiohttp") from e
 
 __all__ = [
     "CollectorConfig",

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..cli.serve import BOUND_OPTIONS, bound_field
+from ..cli.bounds import BOUND_OPTIONS, bound_field
 from ..errors import ConfigError
 from .config import CollectorConfig
 from .faults import FaultConfig

@@ -143,7 +143,10 @@ class DirectLeases:
             picked.append(item)
             total += size
             at += 1
-        if at > 4096 and at * 2 > len(ahead):
+        if at == len(ahead):  # all consumed: hold no record (nor its body) beyond its group
+            ahead.clear()
+            at = 0
+        elif at > 4096 and at * 2 > len(ahead):
             del ahead[:at]
             at = 0
         self._ahead_at = at

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 from typing import Iterable, Iterator, Sequence
 
+from ..errors import StoreError
 from . import state
 from .api import DeadLetter, StoredEvent, StoreStats
 from .boundary import translated
@@ -14,6 +16,7 @@ from .ingest import count_unindexed
 from .maintenance import reclaim_space
 
 FOREIGN_INDEX_COUNTER = "foreign_index"  # meta: index files of another uid set aside (layout.secure_index_files)
+ITER_RUN_PAGE = 1000  # events iter_run reads per page
 
 
 class InspectionMixin:
@@ -25,41 +28,72 @@ class InspectionMixin:
     def mark_delivered(self, events: Iterable[tuple[str, str, int]]) -> int:
         """Record events the server acknowledged outside the batch path (a stream ack) as delivered.
 
-        ``events`` are (event_id, run_id, seq) triples, looked up through the run index.
+        ``events`` are (event_id, run_id, seq) triples, looked up through the run index; a
+        seq of None looks the event up by id among its run's rows (one scan of the run).
         Pending and fallback events move to DELIVERED (retained for replay like any other);
         an event the flusher has leased meanwhile is left to it, and the server dedupes the
         second copy. Not fenced: a server's ack is proof of delivery, whoever received it.
         Returns how many events moved.
         """
         self._check_pid()
-        items = [(str(e), str(r), int(q)) for e, r, q in events]
+        items = [(str(e), str(r), None if q is None else int(q)) for e, r, q in events]
         if not items:
             return 0
+        by_id: dict[str, list[str]] = {}  # run_id -> event ids without a seq
+        for event_id, run_id, seq in items:
+            if seq is None:
+                by_id.setdefault(run_id, []).append(event_id)
         conn = self._db()
         with self._lock:
             self._ingest_everything(conn)
             with state.Txn(conn):
-                ids = [row[0] for event_id, run_id, seq in items for row in conn.execute(
+                ids = [row[0] for event_id, run_id, seq in items if seq is not None for row in conn.execute(
                     "SELECT id FROM events WHERE run_key = ? AND run_id = ? AND seq = ? AND event_id = ?",
                     (state.run_key(run_id), run_id, seq, event_id))]
+                for run_id, event_ids in by_id.items():
+                    ids += [row[0] for row in conn.execute(
+                        "SELECT id FROM events WHERE run_key = ? AND run_id = ?"
+                        " AND event_id IN (SELECT value FROM json_each(?))",
+                        (state.run_key(run_id), run_id, json.dumps(event_ids)))]
                 return state.move(conn, ids, (state.PENDING, state.FALLBACK), state.DELIVERED,
                                   ", done_at = ?, lease_until = NULL", (self._clock(),))
 
     @translated
     def iter_run(self, run_id: str, *, include_delivered: bool = True) -> Iterator[StoredEvent]:
-        """Every stored event of one run in seq order (pending, in flight, fallback, delivered)."""
+        """Every stored event of one run in seq order (pending, in flight, fallback, delivered).
+
+        Read lazily, ITER_RUN_PAGE events at a time (each page one short hold of the lock),
+        so a run of any length is never in memory at once; the segments are indexed first.
+        """
         self._check_pid()
         conn = self._db()
         wanted = (*state.UNDELIVERED, state.DELIVERED) if include_delivered else state.UNDELIVERED
         with self._lock:
             self._ingest_everything(conn)
-            rows = conn.execute(
-                f"SELECT {state.EVENT_COLUMNS} FROM events WHERE run_key = ? AND run_id = ? AND state IN ({','.join('?' * len(wanted))})"
-                " ORDER BY seq, ord",
-                (state.run_key(run_id), run_id, *wanted),
-            ).fetchall()
-            events = self._materialize(conn, rows)
-        return iter(events)
+            rows, events = self._run_page(conn, run_id, wanted, (0, -1))
+        return self._run_pages(run_id, wanted, rows, events)
+
+    def _run_page(self, conn: sqlite3.Connection, run_id: str, wanted: tuple, after: tuple) -> tuple[list, list]:
+        rows = conn.execute(
+            f"SELECT {state.EVENT_COLUMNS}, ord FROM events WHERE run_key = ? AND run_id = ?"
+            f" AND state IN ({','.join('?' * len(wanted))}) AND (seq, ord) > (?, ?) ORDER BY seq, ord LIMIT ?",
+            (state.run_key(run_id), run_id, *wanted, *after, ITER_RUN_PAGE),
+        ).fetchall()
+        return rows, self._materialize(conn, rows)
+
+    def _run_pages(self, run_id: str, wanted: tuple, rows: list, events: list) -> Iterator[StoredEvent]:
+        while True:
+            yield from events
+            if len(rows) < ITER_RUN_PAGE:
+                return
+            after = (rows[-1][6], rows[-1][-1])
+            try:
+                self._check_pid()
+                conn = self._db()
+                with self._lock:
+                    rows, events = self._run_page(conn, run_id, wanted, after)
+            except (sqlite3.Error, OSError) as e:
+                raise StoreError(f"iter_run on store {self.directory!r} failed: {e}") from e
 
     @translated
     def sample_undelivered(self, limit: int) -> list[StoredEvent]:

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable
 
 from ..errors import ConfigError, StreamingUnavailableError, TransportError
+from ..extras import install_hint
 from .frames import OutgoingEvent, encode_event, http_stream_url, reconnect_delay, websocket_url
 from .http_mode import HttpMode
 from .outbox import Outbox
@@ -40,8 +41,7 @@ def _load_websocket() -> Any:
         import websocket  # websocket-client, the ``streaming`` extra
     except ImportError as e:
         raise StreamingUnavailableError(
-            "streaming_mode='websocket' needs the 'streaming' extra (websocket-client): "
-            "pip install aop-client[streaming]"
+            f"streaming_mode='websocket' needs the 'streaming' extra (websocket-client): {install_hint('streaming')}"
         ) from e
     return websocket
 
@@ -76,6 +76,7 @@ class StreamingClient(WebSocketMode, HttpMode):
         http_max_events: int = 1000,
         on_ack_batch: Callable[[list[str]], None] | None = None,
         rng: random.Random | None = None,
+        on_ack_events: Callable[[list[OutgoingEvent]], None] | None = None,
     ) -> None:
         """Configure the stream; nothing is opened until :meth:`connect`."""
         if mode not in _MODES:
@@ -95,6 +96,7 @@ class StreamingClient(WebSocketMode, HttpMode):
         self._on_ack = on_ack
         self._on_nack = on_nack
         self._on_ack_batch = on_ack_batch
+        self._on_ack_events = on_ack_events  # acked events with their run and seq (HybridClient settles them)
         self._max_buffer = max_buffer
         self._ping_interval = _positive("ping_interval", ping_interval)
         self._reconnect_base = _positive("reconnect_base", reconnect_base)
@@ -213,10 +215,13 @@ class StreamingClient(WebSocketMode, HttpMode):
     # -- shared helpers (I/O thread) --
 
     def _deliver_acks(self, event_ids: list[str]) -> None:
-        settled = self._outbox.ack(event_ids)
-        if not settled:
+        events = self._outbox.ack_events(event_ids)
+        if not events:
             return
+        settled = [event.event_id for event in events]
         try:
+            if self._on_ack_events is not None:
+                self._on_ack_events(events)
             if self._on_ack_batch is not None:
                 self._on_ack_batch(settled)
             if self._on_ack is not None:

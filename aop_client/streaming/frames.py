@@ -57,11 +57,15 @@ ServerFrame = Union[Ack, Nack]
 
 @dataclass(frozen=True)
 class OutgoingEvent:
-    """One event ready for the wire: its identity and its exact envelope bytes (no newline)."""
+    """One event ready for the wire: its identity and its exact envelope bytes (no newline).
+
+    ``seq`` (when known) lets an ack be settled in the durable store by (event_id, run_id, seq).
+    """
 
     event_id: str
     run_id: str
     body: bytes
+    seq: int | None = None
 
 
 def _require_str(envelope: dict, key: str) -> str:
@@ -97,7 +101,9 @@ def encode_event(event: dict | bytes | bytearray | memoryview | str) -> Outgoing
             body = orjson.dumps(envelope)
     else:
         raise ValidationError(f"event must be a dict or JSON bytes, got {type(event).__name__}", field="event", value=None)
-    return OutgoingEvent(event_id=_require_str(envelope, "event_id"), run_id=_require_str(envelope, "run_id"), body=body)
+    seq = envelope.get("seq")
+    return OutgoingEvent(event_id=_require_str(envelope, "event_id"), run_id=_require_str(envelope, "run_id"), body=body,
+                         seq=seq if type(seq) is int else None)
 
 
 def parse_server_frame(text: str | bytes) -> ServerFrame:

@@ -3,9 +3,10 @@
 ``emit_event`` stores the event through the base client (the source of truth)
 and then offers the stored envelope to a :class:`StreamingClient` without
 waiting. Events the server acknowledges on the stream are marked delivered
-in the store (from the stream's own thread, in batches) so the batch flusher
-skips them; everything else reaches the server by batch upload, and the
-server dedupes by ``event_id`` either way.
+in the store (from the stream's own thread, in batches, as the
+``(event_id, run_id, seq)`` the stream sent: only the stream's bounded unacked
+window is remembered) so the batch flusher skips them; everything else reaches
+the server by batch upload, and the server dedupes by ``event_id`` either way.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class HybridClient:
             mode=mode,
             base_url=config.base_url if mode == "http" else None,
             verify_ssl=config.verify_ssl,
-            on_ack_batch=self._mark_delivered,
+            on_ack_events=self._mark_delivered,
             **{"run_id": _current_run(base_client), **stream_options},
         )
         #: False when the config says ``enable_streaming=False``: events then go by batch only.
@@ -113,20 +114,25 @@ class HybridClient:
         result = self.base_client.emit_event(event)
         if result and self.streaming_enabled:
             try:
-                self.stream.send_encoded(OutgoingEvent(result.event_id, result.run_id, result.body))
+                self.stream.send_encoded(OutgoingEvent(result.event_id, result.run_id, result.body,
+                                                       getattr(result, "seq", None)))
             except Exception:  # the stream is best-effort; the store already has the event
                 log.debug("stream refused event %s", result.event_id, exc_info=True)
         return result
 
-    def _mark_delivered(self, event_ids: list[str]) -> None:
-        """Stream thread: record acknowledged events as delivered in the store."""
+    def _mark_delivered(self, events: list[OutgoingEvent]) -> None:
+        """Stream thread: record acknowledged events as delivered in the store, by (event_id, run_id, seq).
+
+        An event whose seq is unknown goes by id alone (the store looks it up in the current run).
+        """
+        items = [e.event_id if e.seq is None else (e.event_id, e.run_id, e.seq) for e in events]
         try:
-            self.marked_delivered += int(self.base_client.mark_delivered(event_ids) or 0)
+            self.marked_delivered += int(self.base_client.mark_delivered(items) or 0)
         except Exception as e:  # the batch path resends them; the server dedupes
             self.mark_failures += 1
             level = logging.WARNING if self.mark_failures == 1 else logging.DEBUG
             log.log(level, "could not mark %d streamed events delivered (%s: %s); batch upload will resend them",
-                    len(event_ids), type(e).__name__, e)
+                    len(events), type(e).__name__, e)
 
     def finalize(self, timeout: float = 30.0) -> bool:
         """Give the stream a bounded moment to finish, then let the base client deliver the rest by batch."""

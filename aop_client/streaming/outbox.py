@@ -130,11 +130,16 @@ class Outbox:
 
     def ack(self, event_ids: Iterable[str]) -> list[str]:
         """Settle in-flight events the server acknowledged; returns the ids that were in flight."""
+        return [event.event_id for event in self.ack_events(event_ids)]
+
+    def ack_events(self, event_ids: Iterable[str]) -> list[OutgoingEvent]:
+        """Like :meth:`ack`, returning the settled events themselves (their run and seq, for the store)."""
         settled = []
         with self._lock:
             for event_id in event_ids:
-                if self._inflight.pop(event_id, None) is not None:
-                    settled.append(event_id)
+                entry = self._inflight.pop(event_id, None)
+                if entry is not None:
+                    settled.append(entry[0])
             self.acked += len(settled)
             self._notify_if_empty()
         return settled
