@@ -108,6 +108,8 @@ def hold_quiet(directory: str, *, create: bool = True) -> tuple[Optional[Any], O
         if not election.try_acquire():
             holder = election.holder() or {}
             election.close()
+            if holder.get("pid") is None:
+                return None, "another process holds its flusher lock"
             return None, f"process {holder.get('pid')} on {holder.get('host')} is its flusher"
     except OSError as e:  # StoreError too: a planted lock file, a spool renamed away meanwhile
         election.close()
