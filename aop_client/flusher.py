@@ -112,6 +112,7 @@ class Flusher:
         fallback_retry_interval: float = 60.0,
         max_in_flight: int = 1,
         debug: bool = False,
+        check_identity: Callable[[], Any] | None = None,
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("max_batch_bytes", max_batch_bytes, 1),
                                  ("batch_interval", batch_interval, 0), ("election_poll", election_poll, 0.01),
@@ -132,6 +133,7 @@ class Flusher:
         self.clock = clock
         self.on_error = on_error
         self.election_poll = float(election_poll)
+        self.check_identity = check_identity  # raises when the spool is (now) bound to other credentials
         # HttpTransport can sign and gzip the next batch ahead of time (not part of the Transport protocol)
         self._can_prepare = hasattr(transport, "prepare_batch") and hasattr(transport, "post_prepared")
         try:  # DiskStore.lease also fences (an additive keyword beyond the Store protocol)
@@ -303,11 +305,18 @@ class Flusher:
     def _campaign(self) -> bool:
         try:
             won = self.election.try_acquire()
-        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported (rate-limited), tried again each poll
+        except OSError as e:  # StoreError too, e.g. a planted flusher.lock: reported (rate-limited), tried again each poll
             self._note_error(f"cannot campaign for the flusher lock: {e}", e)
             return False
         if not won:
             return False
+        if self.check_identity is not None:
+            try:  # re-read at each win: `aop spool adopt` may have rebound the spool since we started
+                self.check_identity()
+            except (ConfigError, StoreError) as e:
+                self._note_error(str(e), e)
+                self.election.release()  # never send another destination's events
+                return False
         try:
             self._epoch = self.store.begin_epoch()
             self.store.retry_fallback()  # crash recovery: a new leader retries what was parked
@@ -569,7 +578,8 @@ class Flusher:
         """Keep ``message`` as the last error; an exception is also reported (rate-limited, by kind)."""
         self._last_error = message
         if exc is not None:
-            kind = "store" if isinstance(exc, (StoreError, OSError)) else "internal"
+            kind = ("spool_identity" if isinstance(exc, ConfigError)
+                    else "store" if isinstance(exc, (StoreError, OSError)) else "internal")
             self._reporter.failure(kind, message, self.clock())
             if self.on_error is not None:
                 try:

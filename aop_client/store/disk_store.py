@@ -23,7 +23,7 @@ from .boundary import translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
-from .layout import prepare_directory, secure_index_files
+from .layout import prepare_directory, secure_index_files, set_aside_index_files
 from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
@@ -153,11 +153,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
 
     def _rebuild_index(self, cause: Exception) -> sqlite3.Connection:
         """Set a damaged index aside and rebuild it from the segments (events return to pending)."""
-        stamp = f"{time.time_ns()}"
-        for suffix in ("", "-wal", "-shm"):
-            src = self._index_path + suffix
-            if os.path.exists(src):
-                os.replace(src, os.path.join(self.quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad"))
+        set_aside_index_files(self.directory, self.quarantine_dir, ".bad")  # with -journal: SQLite would replay it
         try:
             return state.open_index(self._index_path, fsync=self._fsync)
         except (sqlite3.Error, OSError) as e:

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import sqlite3
+import time
 import zlib
 from typing import Iterable, Sequence
 
@@ -60,7 +61,7 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     os.close(fd)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA journal_mode=WAL")
+    _set_wal(conn)
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA cache_size=-8000")
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
@@ -82,6 +83,26 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
                 )
                 conn.execute("PRAGMA user_version=1")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+    """PRAGMA journal_mode=WAL, waiting (like busy_timeout) while another process holds the database.
+
+    SQLite answers "database is locked" at once, without its busy handler, when another
+    process opens the index as this one does, or checkpoints it on closing its last
+    connection (a worker exiting while another starts): retried, with a short growing pause.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # a retry pause of the open itself, not a synchronisation
+        pause = min(pause * 2, 0.05)
 
 
 class Txn:
