@@ -11,6 +11,8 @@ from typing import Any, Optional
 import click
 import orjson
 
+from ..errors import StoreError
+
 from ._common import (
     EXIT_SERVER,
     EXIT_UNDELIVERED,
@@ -24,8 +26,35 @@ from ._common import (
 __all__ = ["status", "flush", "dead_letters", "status_report"]
 
 
+def _index_damage(store: Any) -> Optional[dict]:
+    """The index's last rebuild after damage, or (damage the store could not repair now) the error."""
+    from ..store.boundary import damage_of
+
+    try:
+        return store.index_damage() if hasattr(store, "index_damage") else None
+    except StoreError as e:
+        if damage_of(e) is None:
+            raise
+        return {"rebuilds": None, "rebuilt_at": None, "events_recovered": None, "error": str(e)}
+
+
+def _damage_text(damage: dict) -> str:
+    if damage.get("error"):
+        return f"damaged index, not repaired yet: {damage['error']}"
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(damage["rebuilt_at"]))
+    return (f"damaged: index rebuilt at {at}, {damage['events_recovered']} events recovered "
+            f"({damage['rebuilds']} rebuild(s); the damaged copy is in quarantine/)")
+
+
 def status_report(store: Any, holder: Optional[dict]) -> dict:
-    """The status document of one store (pure apart from reading the store's stats)."""
+    """The status document of one store (pure apart from reading the store's stats).
+
+    A damaged index is repaired by the read itself (the store rebuilds it);
+    damage that cannot be repaired now is reported, with null counts, not raised.
+    """
+    damage = _index_damage(store)
+    if damage is not None and damage.get("error"):
+        return {"spool": str(store.directory), "index_damage": damage, "flusher": holder if holder and holder.get("alive") else None}
     st = store.stats()
     return {
         "spool": str(store.directory),
@@ -39,6 +68,7 @@ def status_report(store: Any, holder: Optional[dict]) -> dict:
         "bytes_on_disk": st.bytes_on_disk,
         "oldest_pending_age_s": st.oldest_pending_age,
         "flusher": holder if holder and holder.get("alive") else None,
+        "index_damage": damage,
     }
 
 
@@ -74,6 +104,12 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
     from rich.table import Table
 
     table = Table(title=f"aop spool {report['spool']}", show_header=False)
+    damage = report["index_damage"]
+    if "pending" not in report:
+        table.add_row("index", _damage_text(damage))
+        table.add_row("current flusher", _flusher_text(report["flusher"]))
+        Console().print(table)
+        return
     age = report["oldest_pending_age_s"]
     rows = [
         ("pending", report["pending"]), ("in flight", report["in_flight"]),
@@ -83,6 +119,8 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("current flusher", _flusher_text(report["flusher"])),
     ]
+    if damage is not None:
+        rows.append(("index", _damage_text(damage)))
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)

@@ -1,4 +1,12 @@
-"""The error boundary of the store: SQLite and OS errors leave public methods as StoreError."""
+"""The error boundary of the store: SQLite and OS errors leave public methods as StoreError.
+
+It is also the one place where index damage is repaired: every index call of a
+store goes through a :func:`translated` method, so a corruption error from
+SQLite (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``: "database disk image is
+malformed", "file is not a database"), whenever it happens, makes the store
+rebuild its index from the segments (``store._repair_index``, bounded there)
+and run the call once more on the new index.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,38 @@ from typing import Any, Callable
 
 from ..errors import StoreError
 
+_CORRUPTION_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes; extended ones share the low byte)
+_CORRUPTION_TEXT = ("malformed", "not a database", "corrupt")
+
+
+def is_corruption(error: BaseException | None) -> bool:
+    """True for SQLite errors that mean the index file is damaged (not busy, locked, full or read-only)."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _CORRUPTION_CODES:
+        return True
+    text = str(error).lower()
+    return any(word in text for word in _CORRUPTION_TEXT)
+
+
+def damage_of(error: BaseException) -> BaseException | None:
+    """The corruption error behind a StoreError (walking ``__cause__``), or None."""
+    seen = 0
+    while error is not None and seen < 8:
+        if is_corruption(error):
+            return error
+        error, seen = error.__cause__, seen + 1  # type: ignore[assignment]
+    return None
+
 
 def translated(method: Callable) -> Callable:
-    """Turn SQLite/OS errors escaping a store method into StoreError naming the method and directory."""
+    """Turn SQLite/OS errors escaping a store method into StoreError naming the method and directory.
+
+    A corruption error first repairs the index (``self._repair_index(error)``,
+    which raises StoreError when a rebuild is not allowed now) and the call
+    runs once more; a second failure is translated, never repaired again here.
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: object, **kwargs: object) -> object:
@@ -19,6 +56,14 @@ def translated(method: Callable) -> Callable:
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
+            if not is_corruption(e):
+                raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
+            self._repair_index(e)
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"{method.__name__} on store {self.directory!r} failed after the index was rebuilt: {e}") from e
 
     return wrapper

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -20,12 +21,13 @@ from ..errors import StoreError, ValidationError
 from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
-from .boundary import translated
+from . import repair
+from .boundary import is_corruption, translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
 from .layout import prepare_directory
-from .ingest import BodyCache, ingest
+from .ingest import BodyCache, ingest, save_quarantined
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
 from .segments import SegmentWriter, next_ord
@@ -37,10 +39,13 @@ INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
+log = logging.getLogger("aop_client.store")
 
 
 class DiskStore(InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
+
+    rebuild_interval = 30.0  # seconds: at most one index rebuild per handle in this long (a disk that keeps corrupting)
 
     def __init__(
         self,
@@ -102,6 +107,9 @@ class DiskStore(InspectionMixin):
         self._last_reclaim = time.monotonic()
         self._pressure_reclaim_at = 0.0
         self._db_failed_at = float("-inf")
+        self._rebuilt_at = float("-inf")  # monotonic time of this handle's last index rebuild
+        self._index_id: tuple[int, int] | None = None  # the index file our connection opened
+        self._index_gen: int | None = None  # its rebuild count when we last looked
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
         fork_guard.register(self)
         self._bodies = BodyReader(self.segment_dir)
@@ -131,27 +139,84 @@ class DiskStore(InspectionMixin):
         """Open the index connection once per process (caller holds self._lock)."""
         conn = self._conn
         if conn is None:
+            seen, conn = repair.file_id(self._index_path), None
             try:
-                conn = self._conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = state.open_index(self._index_path, fsync=self._fsync)
+                self._index_gen = state.meta_value(conn, "rebuilds")
             except sqlite3.DatabaseError as e:
-                if not _is_corruption(e):
+                if not is_corruption(e):
                     raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
-                conn = self._conn = self._rebuild_index(e)
+                self._conn, self._index_id = conn, seen
+                return self._repair_index(e)
             except (sqlite3.Error, OSError) as e:
                 raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
+            self._conn, self._index_id = conn, repair.file_id(self._index_path)
         return conn
 
-    def _rebuild_index(self, cause: Exception) -> sqlite3.Connection:
-        """Set a damaged index aside and rebuild it from the segments (events return to pending)."""
+    def _repair_index(self, cause: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Index damage seen (see boundary.translated): follow another process's rebuild, or rebuild it here.
+
+        A handle rebuilds at most once per ``rebuild_interval`` seconds; damage
+        seen again sooner is a StoreError naming the cause. Logged once per rebuild.
+        """
+        with self._lock:
+            with repair.exclusive(self.quarantine_dir):
+                conn = self._conn
+                if repair.file_id(self._index_path) == self._index_id:
+                    gen = repair.generation(conn)
+                    if gen is None or gen == self._index_gen:  # still the damaged index we saw: rebuild it
+                        waited = time.monotonic() - self._rebuilt_at
+                        if waited < self.rebuild_interval:
+                            raise StoreError(
+                                f"store index {self._index_path!r} is damaged again {waited:.0f} s after this process "
+                                f"rebuilt it; not rebuilding again for {self.rebuild_interval - waited:.0f} s: {cause}"
+                            ) from cause
+                        self._rebuilt_at = time.monotonic()
+                        return self._rebuild_index(cause, conn)
+                    self._forget_index(keep=conn)  # another process rebuilt it in place: same file, new content
+                    self._index_gen = gen
+                    return conn  # type: ignore[return-value]
+                self._forget_index()  # another process replaced the file: open the new one
+            return self._open_db()
+
+    def _rebuild_index(self, cause: Exception, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        """Set the damaged index aside in quarantine/ and rebuild it from the segments (caller holds both locks)."""
         stamp = f"{time.time_ns()}"
-        for suffix in ("", "-wal", "-shm"):
-            src = self._index_path + suffix
-            if os.path.exists(src):
-                os.replace(src, os.path.join(self.quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad"))
+        image = repair.fresh_image(conn, self.segment_dir, now=self._clock())
         try:
-            return state.open_index(self._index_path, fsync=self._fsync)
+            try:
+                if conn is None:
+                    raise sqlite3.DatabaseError("the index cannot be opened")
+                aside = repair.rebuild_in_place(conn, image, self._index_path, self.quarantine_dir, stamp)
+            except sqlite3.Error:
+                self._forget_index()
+                aside = repair.rebuild_by_replacing(image, self._index_path, self.quarantine_dir, stamp)
+                conn = state.open_index(self._index_path, fsync=self._fsync)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
+        finally:
+            image.conn.close()
+        self._forget_index(keep=conn)
+        self._index_id, self._index_gen = repair.file_id(self._index_path), image.rebuilds
+        log.warning(
+            "aop_client store %s: the index was damaged (%s); set aside as %s and rebuilt from the segments: "
+            "%d events recovered as pending (delivered and dead-lettered ones are sent again; the server dedupes)",
+            self.directory, cause, ", ".join(os.path.basename(p) for p in aside) or "(no copy: could not write one)",
+            image.recovered)
+        return conn
+
+    def _forget_index(self, keep: sqlite3.Connection | None = None) -> None:
+        """Drop this handle's connection (unless it is ``keep``) and everything it cached from the old index."""
+        if self._conn is not None and self._conn is not keep:
+            try:
+                self._conn.close()  # SQLite neither checkpoints nor deletes the WAL of a moved file
+            except sqlite3.Error:
+                pass
+        self._conn = keep
+        self._direct.reset()  # positions and leases were keyed by the old index's segment ids
+        self._body_cache.clear()
+        self._bodies.close()
+        self._unindexed_memo.clear()
 
     # -- emitting side --------------------------------------------------------------------
     def append(self, event_id: str, run_id: str, seq: int, body: bytes) -> AppendResult:
@@ -348,6 +413,9 @@ class DiskStore(InspectionMixin):
         for row, body in zip(rows, self._bodies.read_many(conn, rows, self._body_cache)):
             if body is None:
                 damaged.append(row[0])
+                found = self._bodies.raw_record(conn, row)
+                if found is not None:
+                    save_quarantined(self.quarantine_dir, found[0], row[2], found[1])
             else:
                 out.append(StoredEvent(row[0], row[4], row[5], row[6], body, row[7]))
         if damaged:
@@ -427,8 +495,3 @@ class DiskStore(InspectionMixin):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _is_corruption(error: sqlite3.Error) -> bool:
-    """True for SQLite errors that mean the index file is damaged (not busy/locked/read-only)."""
-    text = str(error).lower()
-    return "malformed" in text or "not a database" in text or "corrupt" in text

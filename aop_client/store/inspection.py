@@ -111,6 +111,14 @@ class InspectionMixin:
             )
 
     @translated
+    def index_damage(self) -> dict | None:
+        """The index's last rebuild after damage ({rebuilds, rebuilt_at, events_recovered}), or None if never."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock:
+            return state.rebuild_record(conn)
+
+    @translated
     def stats(self, now: float | None = None) -> StoreStats:
         """Host-wide counters; see StoreStats."""
         self._check_pid()

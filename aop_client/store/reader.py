@@ -62,6 +62,14 @@ class BodyReader:
             k = j
         return out
 
+    def raw_record(self, conn: sqlite3.Connection, row: tuple) -> tuple[str, bytes] | None:
+        """(segment name, the record's bytes as they are now) for an index row, or None when its file is gone."""
+        name = conn.execute("SELECT name FROM segments WHERE id = ?", (row[1],)).fetchone()
+        fd = self._fd(conn, row[1]) if name else None
+        if fd is None:
+            return None
+        return name[0], os.pread(fd, row[3], row[2])
+
     def close(self) -> None:
         """Close every cached fd."""
         fds, self._fds = self._fds, {}

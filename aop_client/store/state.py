@@ -66,18 +66,50 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
             conn.execute("ALTER TABLE segments ADD COLUMN indexed_total INTEGER NOT NULL DEFAULT 0")
             conn.execute("UPDATE segments SET indexed_total = (SELECT COUNT(*) FROM events WHERE events.seg = segments.id)")
     if version == 0:
-        with Txn(conn):
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', 0), ('quarantined', 0)")
-                conn.executemany(
-                    "INSERT OR IGNORE INTO counts VALUES (?, 0, 0)",
-                    [(s,) for s in (PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK)],
-                )
-                conn.execute("PRAGMA user_version=1")
+        create_schema(conn)
     return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables of an empty index (idempotent: another process may have just done it)."""
+    with Txn(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', 0), ('quarantined', 0)")
+            conn.executemany(
+                "INSERT OR IGNORE INTO counts VALUES (?, 0, 0)",
+                [(s,) for s in (PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK)],
+            )
+            conn.execute("PRAGMA user_version=1")
+
+
+def seed_rebuilt(conn: sqlite3.Connection, *, base: int, rebuilds: int, at_ms: int, recovered: int) -> None:
+    """Prepare an empty index that replaces a damaged one (see repair.py).
+
+    Epochs and row ids start above ``base``, above every epoch and id the
+    damaged index handed out, so an old epoch is fenced and an old ref or
+    segment id never names a row of the new index. The rebuild is recorded
+    in meta (``rebuilds``, ``rebuilt_at_ms``, ``rebuilt_events``) for ``aop status``.
+    """
+    with Txn(conn):
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (base,))
+        conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('events', 'segments')")
+        conn.executemany("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", [("events", base), ("segments", base)])
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("rebuilds", rebuilds), ("rebuilt_at_ms", at_ms), ("rebuilt_events", recovered)],
+        )
+
+
+def rebuild_record(conn: sqlite3.Connection) -> dict | None:
+    """The last rebuild of this index ({rebuilds, rebuilt_at, events_recovered}), or None if never rebuilt."""
+    values = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('rebuilds', 'rebuilt_at_ms', 'rebuilt_events')"))
+    if not values.get("rebuilds"):
+        return None
+    return {"rebuilds": int(values["rebuilds"]), "rebuilt_at": values.get("rebuilt_at_ms", 0) / 1000.0,
+            "events_recovered": int(values.get("rebuilt_events", 0))}
 
 
 class Txn:
