@@ -26,18 +26,6 @@ from ._common import (
 __all__ = ["status", "flush", "dead_letters", "status_report"]
 
 
-def _index_damage(store: Any) -> Optional[dict]:
-    """The index's last rebuild after damage, or (damage the store could not repair now) the error."""
-    from ..store.boundary import damage_of
-
-    try:
-        return store.index_damage() if hasattr(store, "index_damage") else None
-    except StoreError as e:
-        if damage_of(e) is None:
-            raise
-        return {"rebuilds": None, "rebuilt_at": None, "events_recovered": None, "error": str(e)}
-
-
 def _damage_text(damage: dict) -> str:
     if damage.get("error"):
         return f"damaged index, not repaired yet: {damage['error']}"
@@ -52,10 +40,16 @@ def status_report(store: Any, holder: Optional[dict]) -> dict:
     A damaged index is repaired by the read itself (the store rebuilds it);
     damage that cannot be repaired now is reported, with null counts, not raised.
     """
-    damage = _index_damage(store)
-    if damage is not None and damage.get("error"):
-        return {"spool": str(store.directory), "index_damage": damage, "flusher": holder if holder and holder.get("alive") else None}
-    st = store.stats()
+    from ..store.boundary import damage_of
+
+    try:
+        st = store.stats()  # meets (and repairs) damage, so index_damage() below tells of it
+        damage = store.index_damage() if hasattr(store, "index_damage") else None
+    except StoreError as e:
+        if damage_of(e) is None:
+            raise
+        return {"spool": str(store.directory), "flusher": holder if holder and holder.get("alive") else None,
+                "index_damage": {"rebuilds": None, "rebuilt_at": None, "events_recovered": None, "error": str(e)}}
     return {
         "spool": str(store.directory),
         "pending": st.pending,
