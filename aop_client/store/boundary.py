@@ -17,11 +17,17 @@ from typing import Any, Callable
 from ..errors import StoreError
 
 _CORRUPTION_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes; extended ones share the low byte)
-_CORRUPTION_TEXT = ("malformed", "not a database", "corrupt")
+_CORRUPTION_TEXT = ("malformed", "not a database", "corrupt", "could not decode to utf-8")  # we store only UTF-8
+
+
+class IndexDamage(sqlite3.DatabaseError):
+    """Damage SQLite cannot see: an index row whose values no intact record (or no sane value) agrees with."""
 
 
 def is_corruption(error: BaseException | None) -> bool:
     """True for SQLite errors that mean the index file is damaged (not busy, locked, full or read-only)."""
+    if isinstance(error, IndexDamage):
+        return True
     if not isinstance(error, sqlite3.DatabaseError):
         return False
     code = getattr(error, "sqlite_errorcode", None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -22,7 +21,8 @@ from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
 from . import repair
-from .boundary import is_corruption, translated
+from .repair import IndexRepair
+from .boundary import IndexDamage, is_corruption, translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
@@ -39,13 +39,10 @@ INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
 RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
-log = logging.getLogger("aop_client.store")
 
 
-class DiskStore(InspectionMixin):
+class DiskStore(IndexRepair, InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
-
-    rebuild_interval = 30.0  # seconds: at most one index rebuild per handle in this long (a disk that keeps corrupting)
 
     def __init__(
         self,
@@ -112,7 +109,7 @@ class DiskStore(InspectionMixin):
         self._index_gen: int | None = None  # its rebuild count when we last looked
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
         fork_guard.register(self)
-        self._bodies = BodyReader(self.segment_dir)
+        self._bodies = BodyReader(self.segment_dir, max_record=self._max_payload + OVERHEAD)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
         self._direct = DirectLeases(self.segment_dir, chunk=DIRECT_CHUNK)  # fenced leases taken past the index cursors
@@ -152,71 +149,6 @@ class DiskStore(InspectionMixin):
                 raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
             self._conn, self._index_id = conn, repair.file_id(self._index_path)
         return conn
-
-    def _repair_index(self, cause: sqlite3.DatabaseError) -> sqlite3.Connection:
-        """Index damage seen (see boundary.translated): follow another process's rebuild, or rebuild it here.
-
-        A handle rebuilds at most once per ``rebuild_interval`` seconds; damage
-        seen again sooner is a StoreError naming the cause. Logged once per rebuild.
-        """
-        with self._lock:
-            with repair.exclusive(self.quarantine_dir):
-                conn = self._conn
-                if repair.file_id(self._index_path) == self._index_id:
-                    gen = repair.generation(conn)
-                    if gen is None or gen == self._index_gen:  # still the damaged index we saw: rebuild it
-                        waited = time.monotonic() - self._rebuilt_at
-                        if waited < self.rebuild_interval:
-                            raise StoreError(
-                                f"store index {self._index_path!r} is damaged again {waited:.0f} s after this process "
-                                f"rebuilt it; not rebuilding again for {self.rebuild_interval - waited:.0f} s: {cause}"
-                            ) from cause
-                        self._rebuilt_at = time.monotonic()
-                        return self._rebuild_index(cause, conn)
-                    self._forget_index(keep=conn)  # another process rebuilt it in place: same file, new content
-                    self._index_gen = gen
-                    return conn  # type: ignore[return-value]
-                self._forget_index()  # another process replaced the file: open the new one
-            return self._open_db()
-
-    def _rebuild_index(self, cause: Exception, conn: sqlite3.Connection | None) -> sqlite3.Connection:
-        """Set the damaged index aside in quarantine/ and rebuild it from the segments (caller holds both locks)."""
-        stamp = f"{time.time_ns()}"
-        image = repair.fresh_image(conn, self.segment_dir, now=self._clock())
-        try:
-            try:
-                if conn is None:
-                    raise sqlite3.DatabaseError("the index cannot be opened")
-                aside = repair.rebuild_in_place(conn, image, self._index_path, self.quarantine_dir, stamp)
-            except sqlite3.Error:
-                self._forget_index()
-                aside = repair.rebuild_by_replacing(image, self._index_path, self.quarantine_dir, stamp)
-                conn = state.open_index(self._index_path, fsync=self._fsync)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
-        finally:
-            image.conn.close()
-        self._forget_index(keep=conn)
-        self._index_id, self._index_gen = repair.file_id(self._index_path), image.rebuilds
-        log.warning(
-            "aop_client store %s: the index was damaged (%s); set aside as %s and rebuilt from the segments: "
-            "%d events recovered as pending (delivered and dead-lettered ones are sent again; the server dedupes)",
-            self.directory, cause, ", ".join(os.path.basename(p) for p in aside) or "(no copy: could not write one)",
-            image.recovered)
-        return conn
-
-    def _forget_index(self, keep: sqlite3.Connection | None = None) -> None:
-        """Drop this handle's connection (unless it is ``keep``) and everything it cached from the old index."""
-        if self._conn is not None and self._conn is not keep:
-            try:
-                self._conn.close()  # SQLite neither checkpoints nor deletes the WAL of a moved file
-            except sqlite3.Error:
-                pass
-        self._conn = keep
-        self._direct.reset()  # positions and leases were keyed by the old index's segment ids
-        self._body_cache.clear()
-        self._bodies.close()
-        self._unindexed_memo.clear()
 
     # -- emitting side --------------------------------------------------------------------
     def append(self, event_id: str, run_id: str, seq: int, body: bytes) -> AppendResult:
@@ -279,7 +211,7 @@ class DiskStore(InspectionMixin):
                     if self._gauge.has_room(record_len, conn, force=True):
                         return None
             elif self.full_policy is FullPolicy.DROP_OLDEST and conn is not None:
-                if self._evict_oldest(conn):
+                if self._evict_oldest():
                     self._gauge.removed(1)
                     return None
             if self.full_policy is FullPolicy.BLOCK:
@@ -292,8 +224,10 @@ class DiskStore(InspectionMixin):
             pass  # cannot make room (e.g. disk full): fall through to a counted drop
         return self._drop("full")
 
-    def _evict_oldest(self, conn: sqlite3.Connection) -> bool:
+    @translated
+    def _evict_oldest(self) -> bool:
         """Delete the oldest pending event to make room; counted under dropped['evicted']."""
+        conn = self._db()
         with self._lock:
             self._index_direct_leases(conn)
             ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, target_pending=1)
@@ -341,7 +275,7 @@ class DiskStore(InspectionMixin):
             conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
             self._direct.reset(epoch)
             ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
-            state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+            state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL", selected=True)
         return epoch
 
     @translated
@@ -380,6 +314,8 @@ class DiskStore(InspectionMixin):
                 ).fetchall()
                 picked, total = [], 0
                 for row in rows:
+                    if type(row[8]) is not int:
+                        raise IndexDamage(f"index row {row[0]!r} has body_len {row[8]!r}: database disk image is malformed")
                     if picked and total + row[8] > max_bytes:
                         break
                     picked.append(row)
@@ -390,7 +326,7 @@ class DiskStore(InspectionMixin):
 
     def _expire_leases(self, conn: sqlite3.Connection, now: float) -> None:
         expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
-        state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+        state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL", selected=True)
 
     def _index_direct_leases(self, conn: sqlite3.Connection) -> None:
         """Before this process indexes anything: outstanding direct leases get their rows (or are dropped when deposed)."""
@@ -409,11 +345,11 @@ class DiskStore(InspectionMixin):
 
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
         """Read and verify bodies; damaged records are quarantined and left out."""
-        out, damaged = [], []
+        out, damaged, segments = [], [], {}
         for row, body in zip(rows, self._bodies.read_many(conn, rows, self._body_cache)):
             if body is None:
                 damaged.append(row[0])
-                found = self._bodies.raw_record(conn, row)
+                found = self._bodies.recheck(conn, row, segments)  # IndexDamage when the row, not the segment, is wrong
                 if found is not None:
                     save_quarantined(self.quarantine_dir, found[0], row[2], found[1])
             else:
@@ -474,7 +410,7 @@ class DiskStore(InspectionMixin):
         conn = self._db()
         with self._lock, state.Txn(conn):
             ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 4")]
-            return state.move(conn, ids, (state.FALLBACK,), state.PENDING)
+            return state.move(conn, ids, (state.FALLBACK,), state.PENDING, selected=True)
 
     def close(self) -> None:
         """Release file handles; safe to call twice."""

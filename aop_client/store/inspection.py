@@ -84,7 +84,7 @@ class InspectionMixin:
         conn = self._db()
         with self._lock, state.Txn(conn):
             ids = [r[0] for r in self._dead_rows(conn, event_ids)]
-            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL")
+            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL", selected=True)
 
     @translated
     def purge_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import time
 from typing import Iterator, NamedTuple
 
+from ..errors import StoreError
 from . import state
 from .ingest import count_unindexed
+
+log = logging.getLogger("aop_client.store")
 
 _SUFFIXES = ("", "-wal", "-shm")
 _COPY_CHUNK = 1 << 20
@@ -163,3 +167,74 @@ def rebuild_by_replacing(image: Image, index_path: str, quarantine_dir: str, sta
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+class IndexRepair:
+    """DiskStore's half that repairs its index (state: ``_conn``, ``_index_id``, ``_index_gen``, ``_rebuilt_at``)."""
+
+    rebuild_interval = 30.0  # seconds: at most one index rebuild per handle in this long (a disk that keeps corrupting)
+
+    def _repair_index(self, cause: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """Index damage seen (see boundary.translated): follow another process's rebuild, or rebuild it here.
+
+        A handle rebuilds at most once per ``rebuild_interval`` seconds; damage
+        seen again sooner is a StoreError naming the cause. Logged once per rebuild.
+        """
+        with self._lock:
+            with exclusive(self.quarantine_dir):
+                conn = self._conn
+                if file_id(self._index_path) == self._index_id:
+                    gen = generation(conn)
+                    if gen is None or gen == self._index_gen:  # still the damaged index we saw: rebuild it
+                        waited = time.monotonic() - self._rebuilt_at
+                        if waited < self.rebuild_interval:
+                            raise StoreError(
+                                f"store index {self._index_path!r} is damaged again {waited:.0f} s after this process "
+                                f"rebuilt it; not rebuilding again for {self.rebuild_interval - waited:.0f} s: {cause}"
+                            ) from cause
+                        self._rebuilt_at = time.monotonic()
+                        return self._rebuild_index(cause, conn)
+                    self._forget_index(keep=conn)  # another process rebuilt it in place: same file, new content
+                    self._index_gen = gen
+                    return conn  # type: ignore[return-value]
+                self._forget_index()  # another process replaced the file: open the new one
+            return self._open_db()
+
+    def _rebuild_index(self, cause: Exception, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        """Set the damaged index aside in quarantine/ and rebuild it from the segments (caller holds both locks)."""
+        stamp = f"{time.time_ns()}"
+        image = fresh_image(conn, self.segment_dir, now=self._clock())
+        try:
+            try:
+                if conn is None:
+                    raise sqlite3.DatabaseError("the index cannot be opened")
+                aside = rebuild_in_place(conn, image, self._index_path, self.quarantine_dir, stamp)
+            except sqlite3.Error:
+                self._forget_index()
+                aside = rebuild_by_replacing(image, self._index_path, self.quarantine_dir, stamp)
+                conn = state.open_index(self._index_path, fsync=self._fsync)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
+        finally:
+            image.conn.close()
+        self._forget_index(keep=conn)
+        self._index_id, self._index_gen = file_id(self._index_path), image.rebuilds
+        log.warning(
+            "aop_client store %s: the index was damaged (%s); set aside as %s and rebuilt from the segments: "
+            "%d events recovered as pending (delivered and dead-lettered ones are sent again; the server dedupes)",
+            self.directory, cause, ", ".join(os.path.basename(p) for p in aside) or "(no copy: could not write one)",
+            image.recovered)
+        return conn
+
+    def _forget_index(self, keep: sqlite3.Connection | None = None) -> None:
+        """Drop this handle's connection (unless it is ``keep``) and everything it cached from the old index."""
+        if self._conn is not None and self._conn is not keep:
+            try:
+                self._conn.close()  # SQLite neither checkpoints nor deletes the WAL of a moved file
+            except sqlite3.Error:
+                pass
+        self._conn = keep
+        self._direct.reset()  # positions and leases were keyed by the old index's segment ids
+        self._body_cache.clear()
+        self._bodies.close()
+        self._unindexed_memo.clear()

@@ -16,7 +16,8 @@ import sqlite3
 import zlib
 from typing import Iterable, Sequence
 
-from ..errors import FencedError, StoreError
+from ..errors import FencedError
+from .boundary import IndexDamage
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
@@ -155,8 +156,15 @@ def move(
     to_state: int,
     extra: str = "",
     params: tuple = (),
+    *,
+    selected: bool = False,
 ) -> int:
-    """Move the given events that are in from_states to to_state; returns how many moved."""
+    """Move the given events that are in from_states to to_state; returns how many moved.
+
+    ``selected``: the ids were just selected by state in this transaction, so
+    every one must move; one that does not means the table and its state
+    index disagree (damage SQLite does not see): :class:`IndexDamage`.
+    """
     if not ids:
         return 0
     ids = list(ids)
@@ -177,6 +185,8 @@ def move(
             deltas[from_state] = (-len(lens), -nbytes)
             moved_n += len(lens)
             moved_b += nbytes
+    if selected and moved_n != wanted:
+        raise IndexDamage(f"index inconsistent: {wanted - moved_n} of {wanted} events selected by state did not move")
     if moved_n:
         n0, b0 = deltas.get(to_state, (0, 0))
         deltas[to_state] = (n0 + moved_n, b0 + moved_b)
@@ -191,7 +201,7 @@ def lease_prefix(conn: sqlite3.Connection, last_ord: int, last_id: int, n: int, 
         (until, last_ord, last_ord, last_id),
     ).rowcount
     if moved != n:  # cannot happen inside one transaction; refuse (rolls back) rather than miscount
-        raise StoreError(f"index inconsistent: lease matched {moved} pending events, expected {n}")
+        raise IndexDamage(f"index inconsistent: lease matched {moved} pending events, expected {n}")
     bump_counts(conn, {PENDING: (-n, -nbytes), IN_FLIGHT: (n, nbytes)})
 
 
