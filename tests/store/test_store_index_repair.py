@@ -294,15 +294,6 @@ def test_random_byte_flips_in_index_pages_never_lose_an_event(template, tmp_path
         except FencedError:
             continue
     lost = ids - done_before - got
-    if os.environ.get("AOP_DEBUG_FLIPS") and lost:
-        c = sqlite3.connect(index_copy)
-        for e in sorted(lost):
-            try:
-                print("LOST", e, c.execute("SELECT * FROM events WHERE event_id = ?", (e,)).fetchall())
-            except sqlite3.DatabaseError as x:
-                print("LOST", e, x)
-        print("IDS", sorted(r[0] for r in c.execute("SELECT event_id FROM events")))
-        print("damage", store.index_damage(), spots)
     assert all(_claimed_done(index_copy, e) for e in lost), f"lost to visible damage: {sorted(lost)[:5]}"
     store.close()
     shutil.rmtree(directory)
