@@ -35,6 +35,15 @@ def _index_everything(store: DiskStore, run: str = "run-1") -> None:
     list(store.iter_run(run))  # ingests every record as an index row
 
 
+def _indexed_store(tmp_path, n: int, **options: object) -> tuple[str, DiskStore, list[str]]:
+    """A store holding n appended events, every one indexed as a row."""
+    directory = str(tmp_path / "s")
+    store = DiskStore(directory, **options)
+    ids = _append(store, n)
+    _index_everything(store)
+    return directory, store, ids
+
+
 def _drain(store: DiskStore) -> list[str]:
     epoch = store.begin_epoch()
     out: list[str] = []
@@ -55,10 +64,7 @@ def _set_aside(directory: str) -> list[str]:
 def test_damage_under_a_lease_is_repaired_and_in_flight_events_become_pending(tmp_path, caplog) -> None:
     """Pages damaged while a batch is leased: the ack is fenced, nothing is lost, one WARNING, copies set aside."""
     caplog.set_level(logging.WARNING, logger="aop_client")
-    directory = str(tmp_path / "s")
-    store = DiskStore(directory)
-    ids = _append(store, 600)
-    _index_everything(store)
+    directory, store, ids = _indexed_store(tmp_path, 600)
     old_epoch = store.begin_epoch()
     delivered = store.lease(100, 1 << 20, epoch=old_epoch)
     store.ack([e.ref for e in delivered], epoch=old_epoch)
@@ -88,10 +94,7 @@ def test_damage_under_a_lease_is_repaired_and_in_flight_events_become_pending(tm
 
 def test_a_rebuilt_index_fences_every_old_epoch_and_names_no_old_ref(tmp_path) -> None:
     """Epochs and row ids of the rebuilt index start above the damaged one's: old refs and epochs act on nothing."""
-    directory = str(tmp_path / "s")
-    store = DiskStore(directory)
-    _append(store, 200)
-    _index_everything(store)
+    directory, store, _ids = _indexed_store(tmp_path, 200)
     old_epoch = store.begin_epoch()
     held = store.lease(50, 1 << 20, epoch=old_epoch)
     other = DiskStore(directory)  # another process's handle, open on the same index
@@ -130,10 +133,7 @@ def test_another_handle_follows_a_rebuild_without_rebuilding_again(tmp_path, cap
 def test_damage_again_within_the_interval_is_an_error_not_a_loop(tmp_path, caplog) -> None:
     """A disk that keeps corrupting: at most one rebuild per interval, a StoreError naming the cause in between."""
     caplog.set_level(logging.WARNING, logger="aop_client")
-    directory = str(tmp_path / "s")
-    store = DiskStore(directory)
-    ids = _append(store, 300)
-    _index_everything(store)
+    directory, store, ids = _indexed_store(tmp_path, 300)
     damage_index(directory, seed=1)
     assert store.stats().pending == 300
     _index_everything(store)
@@ -150,10 +150,7 @@ def test_damage_again_within_the_interval_is_an_error_not_a_loop(tmp_path, caplo
 
 def test_appends_go_on_while_the_index_is_damaged(tmp_path) -> None:
     """The emit path never touches a damaged page; events appended during the damage are delivered after it."""
-    directory = str(tmp_path / "s")
-    store = DiskStore(directory)
-    ids = _append(store, 200)
-    _index_everything(store)
+    directory, store, ids = _indexed_store(tmp_path, 200)
     damage_index(directory)
     ids += _append(store, 200, start=200)
     assert sorted(_drain(store)) == sorted(ids)
@@ -162,10 +159,7 @@ def test_appends_go_on_while_the_index_is_damaged(tmp_path) -> None:
 
 def test_an_append_that_must_evict_repairs_the_index_and_stores(tmp_path) -> None:
     """drop_oldest on a full store evicts through the index: damage there is repaired, the new event is stored."""
-    directory = str(tmp_path / "s")
-    store = DiskStore(directory, max_events=100, full_policy="drop_oldest")
-    ids = _append(store, 100)
-    _index_everything(store)
+    directory, store, ids = _indexed_store(tmp_path, 100, max_events=100, full_policy="drop_oldest")
     damage_index(directory)
     result = store.append("late", "run-1", 100, b"late")
     assert result.stored, result.reason
