@@ -123,6 +123,15 @@ def _copy_file(src: str, dst: str) -> bool:
         os.close(fout)
 
 
+def _owned_like(path: str, model: str) -> None:
+    """As root (e.g. `sudo aop status` on a worker's spool), give a file we created the owner of ``model``."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        st = os.stat(model, follow_symlinks=False)
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
 def _aside_name(quarantine_dir: str, suffix: str, stamp: str) -> str:
     return os.path.join(quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad")
 
@@ -147,6 +156,7 @@ def rebuild_by_replacing(image: Image, index_path: str, quarantine_dir: str, sta
     """Write the image to a new file that replaces the index atomically; the damaged files move to quarantine/."""
     temp = f"{index_path}.rebuild-{stamp}"
     os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    _owned_like(temp, index_path)  # the spool's owner must still be able to open its index
     try:
         target = sqlite3.connect(temp)
         try:

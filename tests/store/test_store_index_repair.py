@@ -21,6 +21,7 @@ from aop_client.store import DiskStore
 from aop_client.store.records import Record, decode_run
 from index_damage import damage_index, flip_bytes, index_pages, integrity_ok, make_visible
 
+NOBODY = 65534
 EXAMPLES = int(os.environ.get("AOP_STORE_EXAMPLES", "200" if os.environ.get("AOP_SOAK") else "25"))
 
 
@@ -166,6 +167,23 @@ def test_an_append_that_must_evict_repairs_the_index_and_stores(tmp_path) -> Non
     assert store.index_damage()["rebuilds"] == 1
     assert sorted(_drain(store)) == sorted(ids[1:] + ["late"])  # the rebuilt index evicted the oldest, once
     store.close()
+
+
+def test_an_index_replaced_by_root_stays_the_spool_owners(tmp_path) -> None:
+    """Root (`sudo aop status`) rebuilding a worker's unreadable index leaves an index the worker can open."""
+    directory = str(tmp_path / "s")
+    store = DiskStore(directory)
+    _append(store, 3)
+    store.close()
+    index = os.path.join(directory, "index.sqlite3")
+    with open(index, "r+b") as f:
+        f.write(b"not a database, not at all" * 4)
+    os.chown(index, NOBODY, NOBODY)
+    rebuilt = DiskStore(directory)
+    assert rebuilt.stats().pending == 3
+    assert (os.stat(index).st_uid, os.stat(index).st_gid) == (NOBODY, NOBODY)
+    assert oct(os.stat(index).st_mode & 0o777) == oct(0o600)
+    rebuilt.close()
 
 
 def _segment_records(directory: str) -> list[tuple[str, Record]]:
