@@ -312,6 +312,9 @@ class DiskStore(IndexRepair, InspectionMixin):
                 rows = conn.execute(
                     f"SELECT {state.EVENT_COLUMNS}, ord FROM events WHERE state = 0 ORDER BY ord, id LIMIT ?", (max_events,)
                 ).fetchall()
+                if len(rows) < min(max_events, state.counts(conn)[state.PENDING][0]):
+                    raise IndexDamage(f"index inconsistent: the state index finds {len(rows)} pending events, "
+                                      f"the counts say {state.counts(conn)[state.PENDING][0]}")
                 picked, total = [], 0
                 for row in rows:
                     if type(row[8]) is not int:
@@ -321,6 +324,7 @@ class DiskStore(IndexRepair, InspectionMixin):
                     picked.append(row)
                     total += row[8]
                 if picked:
+                    state.check_pending(conn, [r[0] for r in picked])
                     state.lease_prefix(conn, picked[-1][-1], picked[-1][0], len(picked), total, now + self.lease_timeout)
             return self._materialize(conn, picked)
 

@@ -194,6 +194,15 @@ def move(
     return moved_n
 
 
+def check_pending(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """IndexDamage unless the table agrees with the state index that these rows (found through it) are pending."""
+    if not ids:
+        return
+    wrong = conn.execute(f"SELECT COUNT(*) FROM events WHERE id IN ({_IDS}) AND +state <> 0", (json.dumps(list(ids)),)).fetchone()[0]
+    if wrong:
+        raise IndexDamage(f"index inconsistent: {wrong} of {len(ids)} events the state index calls pending are not")
+
+
 def lease_prefix(conn: sqlite3.Connection, last_ord: int, last_id: int, n: int, nbytes: int, until: float) -> None:
     """Mark the pending events up to (last_ord, last_id) in (ord, id) order in flight (one range update)."""
     moved = conn.execute(
