@@ -26,7 +26,7 @@ class IndexDamage(sqlite3.DatabaseError):
 
 def is_corruption(error: BaseException | None) -> bool:
     """True for SQLite errors that mean the index file is damaged (not busy, locked, full or read-only)."""
-    if isinstance(error, IndexDamage):
+    if isinstance(error, (IndexDamage, UnicodeDecodeError)):  # the index holds only UTF-8 we wrote
         return True
     if not isinstance(error, sqlite3.DatabaseError):
         return False
@@ -35,6 +35,24 @@ def is_corruption(error: BaseException | None) -> bool:
         return True
     text = str(error).lower()
     return any(word in text for word in _CORRUPTION_TEXT)
+
+
+def header_damaged(path: str) -> bool:
+    """True when the index file's header is not one SQLite writes (then "readonly" means damage, not a mode)."""
+    try:
+        with open(path, "rb") as f:  # read only; a link here was refused when the store opened
+            head = f.read(100)
+    except OSError:
+        return False
+    return len(head) == 100 and (head[:16] != b"SQLite format 3\x00" or head[18] not in (1, 2) or head[19] not in (1, 2))
+
+
+def damage_seen(store: Any, error: BaseException) -> bool:
+    """A corruption error, or a read-only error caused by a damaged header (its file-format bytes)."""
+    if is_corruption(error):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == 8 and header_damaged(store._index_path)  # SQLITE_READONLY
 
 
 def damage_of(error: BaseException) -> BaseException | None:
@@ -61,15 +79,15 @@ def translated(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         except StoreError:
             raise
-        except (sqlite3.Error, OSError) as e:
-            if not is_corruption(e):
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as e:
+            if not damage_seen(self, e):
                 raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
             self._repair_index(e)
         try:
             return method(self, *args, **kwargs)
         except StoreError:
             raise
-        except (sqlite3.Error, OSError) as e:
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as e:
             raise StoreError(f"{method.__name__} on store {self.directory!r} failed after the index was rebuilt: {e}") from e
 
     return wrapper

@@ -22,7 +22,7 @@ from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
 from . import repair
 from .repair import IndexRepair
-from .boundary import IndexDamage, is_corruption, translated
+from .boundary import IndexDamage, damage_seen, translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import InspectionMixin
@@ -140,8 +140,8 @@ class DiskStore(IndexRepair, InspectionMixin):
             try:
                 conn = state.open_index(self._index_path, fsync=self._fsync)
                 self._index_gen = state.meta_value(conn, "rebuilds")
-            except sqlite3.DatabaseError as e:
-                if not is_corruption(e):
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+                if not damage_seen(self, e):
                     raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
                 self._conn, self._index_id = conn, seen
                 return self._repair_index(e)

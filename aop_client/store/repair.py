@@ -69,7 +69,7 @@ def generation(conn: sqlite3.Connection | None) -> int | None:
         return None
     try:
         return state.meta_value(conn, "rebuilds")
-    except sqlite3.Error:
+    except (sqlite3.Error, ValueError):  # ValueError: UnicodeDecodeError of a damaged schema
         return None
 
 
@@ -147,7 +147,13 @@ def rebuild_in_place(damaged: sqlite3.Connection, image: Image, index_path: str,
             damaged.execute("ROLLBACK")
     copies = [dst for suffix in _SUFFIXES
               if _copy_file(index_path + suffix, dst := _aside_name(quarantine_dir, suffix, stamp))]
-    image.conn.backup(damaged)
+    try:
+        image.conn.backup(damaged)
+    except sqlite3.Error:
+        for copy in copies:  # the replacing path moves the originals there instead
+            with contextlib.suppress(OSError):
+                os.unlink(copy)
+        raise
     damaged.execute("PRAGMA journal_mode=WAL")
     return copies
 
