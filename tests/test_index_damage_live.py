@@ -74,3 +74,23 @@ def test_status_of_a_spool_whose_index_was_damaged_while_closed_exits_0_and_repo
     report = json.loads(result.stdout)
     assert report["pending"] == 300
     assert report["index_damage"]["rebuilds"] == 1 and report["index_damage"]["events_recovered"] == 300
+
+
+def test_status_reports_damage_it_may_not_repair_now_instead_of_failing(tmp_path: Path) -> None:
+    """Damage met again within the rebuild interval: the status document names it, with null counts."""
+    from aop_client.cli.spool import status_report
+    from aop_client.store import DiskStore
+
+    spool = tmp_path / "spool"
+    store = DiskStore(str(spool))
+    for i in range(200):
+        assert store.append(f"e{i}", "run", i, b"x" * 100).stored
+    list(store.iter_run("run"))
+    damage_index(str(spool), seed=1)
+    assert status_report(store, None)["index_damage"]["rebuilds"] == 1  # repaired by the read itself
+    list(store.iter_run("run"))
+    damage_index(str(spool), seed=2)
+    report = status_report(store, None)  # this handle rebuilt a moment ago: it may not again for 30 s
+    assert report["index_damage"]["error"] and "malformed" in report["index_damage"]["error"]
+    assert "pending" not in report
+    store.close()
