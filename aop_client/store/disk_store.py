@@ -139,7 +139,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
         if conn is None:
             try:
                 foreign = secure_index_files(self.directory, self.quarantine_dir)  # before SQLite opens them
-                conn = self._conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = self._conn = state.open_index(self._index_path, fsync=self._fsync, wal_pages=self._reserve.wal_pages)
                 if foreign:
                     with state.Txn(conn):
                         state.add_counter(conn, FOREIGN_INDEX_COUNTER, foreign)
@@ -159,7 +159,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
             if os.path.exists(src):
                 os.replace(src, os.path.join(self.quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad"))
         try:
-            return state.open_index(self._index_path, fsync=self._fsync)
+            return state.open_index(self._index_path, fsync=self._fsync, wal_pages=self._reserve.wal_pages)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
 
