@@ -145,7 +145,7 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
             seen, conn = repair.file_id(self._index_path), None
             try:
                 foreign = secure_index_files(self.directory, self.quarantine_dir)  # before SQLite opens them
-                conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = state.open_index(self._index_path, fsync=self._fsync, wal_pages=self._reserve.wal_pages)
                 self._index_gen = state.meta_value(conn, "rebuilds")
                 if foreign:
                     with state.Txn(conn):
