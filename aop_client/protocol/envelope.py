@@ -166,13 +166,16 @@ def check_envelope(event: Any, *, imported: bool = False, check_sig: bool = True
                 raise field_error("sig", 'expected "v1=" followed by 64 lowercase hex digits', sig)
 
 
-# The fast check compares byte templates instead of running regexes (3-4x cheaper): every hex
-# digit (of both UUIDs) or decimal digit (of t) becomes "0". A match plus the range checks below
-# implies what the reference regexes accept; anything else goes to check_envelope for the verdict.
+# The fast check compares a byte template instead of running the UUID regex twice (3-4x cheaper):
+# every hex digit of both UUIDs becomes "0". A match implies what the reference regex accepts;
+# anything the fast check doubts goes to check_envelope for the verdict.
 _HEX_TO_ZERO = bytes.maketrans(b"0123456789abcdefABCDEF", b"0" * 22)
-_DIGIT_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
 _TWO_UUIDS = b"00000000-0000-0000-0000-000000000000" * 2
-_TIMESTAMP_MS = b"0000-00-00T00:00:00.000Z"
+# The canonical t with days 01..28 only (29..31 need the reference's calendar check); a regex is
+# cheaper here than a byte template plus range checks.
+_FAST_T = re.compile(
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
+).fullmatch
 
 
 def well_formed_envelope(event: Any) -> bool:
@@ -190,9 +193,7 @@ def well_formed_envelope(event: Any) -> bool:
         and 0 < seq <= MAX_SEQ and kind in EVENT_TYPES and len(event_id) == 36  # then run_id is 36 too
         and (kind != "custom" or (type(get("name")) is str and get("name") != ""))
         and (event_id + run_id).encode("utf-8", "surrogatepass").translate(_HEX_TO_ZERO) == _TWO_UUIDS
-        and t.encode("utf-8", "surrogatepass").translate(_DIGIT_TO_ZERO) == _TIMESTAMP_MS
-        and "01" <= t[5:7] <= "12" and "01" <= t[8:10] <= "28" and t[11:13] <= "23" and t[14:16] <= "59"
-        and t[17:19] <= "59"
+        and _FAST_T(t) is not None
     )
 
 
