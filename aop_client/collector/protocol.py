@@ -178,9 +178,10 @@ def event_verdict(event: Any, org_salt_key: Optional[str]) -> tuple[Optional[str
     canonical form with ``sig`` spliced in last (what the client signed and sent);
     without one, orjson's encoding of the event.
     """
-    reason = envelope_refusal(event)
-    if reason is not None:
-        return reason[:_MAX_REASON], None
+    if not well_formed_envelope(event):  # the common case in one call; else the reference's verdict
+        reason = envelope_refusal(event)
+        if reason is not None:
+            return reason[:_MAX_REASON], None
     if org_salt_key is not None:
         try:
             return None, verify_parsed_event(event, org_salt_key)

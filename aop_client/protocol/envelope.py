@@ -4,7 +4,7 @@ One check, :func:`check_envelope`, says whether a mapping is a valid envelope;
 the builders and ``emit_event`` (through :func:`aop_client.events.validate_envelope`),
 the TOON import, ``aop replay`` and the reference collector all ask it. The
 collector asks :func:`envelope_refusal`, which puts the fast check of the common
-case (:func:`well_formed_envelope`: exact types, a byte template for the UUIDs)
+case (:func:`well_formed_envelope`: exact types, byte templates instead of regexes)
 in front of the reference check; a property test (tests/test_protocol_rules.py)
 holds that the fast check never accepts what the reference refuses. The fast check
 pays: about 0.7 us per event against 1.2 us for the reference (parsed events, one core).
@@ -167,16 +167,26 @@ def check_envelope(event: Any, *, imported: bool = False, check_sig: bool = True
                 raise field_error("sig", 'expected "v1=" followed by 64 lowercase hex digits', sig)
 
 
-# The fast check compares a byte template instead of running the UUID regex twice (3-4x cheaper):
-# every hex digit of both UUIDs becomes "0". A match implies what the reference regex accepts;
-# anything the fast check doubts goes to check_envelope for the verdict.
+# The fast check compares byte templates instead of running regexes (3-4x cheaper): every hex
+# digit of both UUIDs, every decimal digit of t becomes "0". A UUID match implies the reference's
+# regex; a t match plus the ranges of _good_minute (remembered for the previous event's minute, as
+# _known_good_run_id is) implies the reference's t rule for days 01..28. Anything the fast check
+# doubts goes to check_envelope for the verdict.
 _HEX_TO_ZERO = bytes.maketrans(b"0123456789abcdefABCDEF", b"0" * 22)
+_DIGIT_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
 _TWO_UUIDS = b"00000000-0000-0000-0000-000000000000" * 2
-# The canonical t with days 01..28 only (29..31 need the reference's calendar check); a regex is
-# cheaper here than a byte template plus range checks.
-_FAST_T = re.compile(
-    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z"
-).fullmatch
+_TIMESTAMP_MS = b"0000-00-00T00:00:00.000Z"
+_MONTH_DAYS = frozenset(f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29))  # 29..31: the reference's
+_known_good_minute: str = ""  # t[:16] of the previous well-formed event
+
+
+def _good_minute(t: str) -> bool:
+    """Month 01..12, day 01..28, hour 00..23, minute 00..59 of a t that matched the template."""
+    global _known_good_minute
+    if t[5:10] in _MONTH_DAYS and t[11:13] <= "23" and t[14] < "6":
+        _known_good_minute = t[:16]
+        return True
+    return False
 
 
 def well_formed_envelope(event: Any) -> bool:
@@ -194,7 +204,8 @@ def well_formed_envelope(event: Any) -> bool:
         and 0 < seq <= MAX_SEQ and kind in EVENT_TYPES and len(event_id) == 36  # then run_id is 36 too
         and (kind != "custom" or (type(get("name")) is str and get("name") != ""))
         and (event_id + run_id).encode("utf-8", "surrogatepass").translate(_HEX_TO_ZERO) == _TWO_UUIDS
-        and _FAST_T(t) is not None
+        and t.encode("utf-8", "surrogatepass").translate(_DIGIT_TO_ZERO) == _TIMESTAMP_MS
+        and (t[:16] == _known_good_minute or _good_minute(t)) and t[17] < "6"
     )
 
 
