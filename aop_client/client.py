@@ -26,9 +26,9 @@ import orjson
 
 from .config import ClientConfig
 from .delivery_report import FailureReporter
-from .errors import AOPError, ConfigError, ValidationError
+from .errors import AOPError, ConfigError, StoreError, ValidationError
 from .events import validate_envelope
-from .protocol import copy_json
+from .protocol import check_json, copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder, merge_trace
 
@@ -36,6 +36,7 @@ __all__ = ["AOPClient", "EmitResult"]
 
 log = logging.getLogger("aop_client")
 
+_STORE_RETRY = 1.0  # seconds between two attempts to open a store that failed to open
 _LIVE_CLIENTS: "weakref.WeakSet[AOPClient]" = weakref.WeakSet()
 
 
@@ -74,6 +75,7 @@ class AOPClient:
         self._lock = threading.RLock()
         self._store: Any = None
         self._store_pid = 0
+        self._store_failed: Optional[tuple[int, float, str]] = None  # (pid, monotonic time, why) of a failed open
         self._flusher: Any = None
         self._flusher_pid = 0  # the process whose thread runs _flusher (a fork leaves it behind)
         self._started = False
@@ -95,29 +97,51 @@ class AOPClient:
 
         Opening it checks the spool's binding (:mod:`aop_client.spool_identity`): a spool of
         other credentials raises ConfigError, from ``start()`` or the first ``emit_event()``.
+        Any other failure to open it is a StoreError (``emit_event`` drops with
+        ``reason='store_error'``); after one, the open is tried again at most once every
+        ``_STORE_RETRY`` seconds (meanwhile the same StoreError, at no cost).
         """
         store = self._store
         if store is None or self._store_pid != os.getpid():
             with self._lock:
                 if self._store is None or self._store_pid != os.getpid():
-                    from .spool_identity import open_bound
-                    from .store import DiskStore
-
-                    c = self.config
-                    self._store = open_bound(c, lambda: DiskStore(  # ConfigError: another destination's spool
-                        c.spool_path,
-                        durability=c.durability,
-                        max_events=c.max_buffer_size,
-                        max_bytes=c.max_buffer_bytes,
-                        full_policy=c.buffer_full_policy,
-                        block_timeout=c.buffer_block_timeout,
-                        retention_seconds=c.retention_seconds,
-                        retention_bytes=c.retention_bytes,
-                        max_event_bytes=c.max_event_bytes,
-                    ))
+                    self._store = self._open_store()
                     self._store_pid = os.getpid()
                 store = self._store
         return store
+
+    def _open_store(self) -> Any:
+        """Open and check the store (caller holds self._lock); remembers a failure to back off."""
+        failed = self._store_failed
+        if failed is not None and failed[0] == os.getpid() and time.monotonic() - failed[1] < _STORE_RETRY:
+            raise StoreError(failed[2])
+        try:
+            store = self._open_bound()
+        except ConfigError:  # a spool bound to other credentials: raised as such, every time
+            raise
+        except OSError as exc:  # StoreError included; a raw one (ENOSPC, EACCES, a racing rename) too
+            why = str(exc) if isinstance(exc, StoreError) else f"cannot open spool {self.config.spool_path!r}: {exc}"
+            self._store_failed = (os.getpid(), time.monotonic(), why)
+            raise StoreError(why) from exc
+        self._store_failed = None
+        return store
+
+    def _open_bound(self) -> Any:
+        from .spool_identity import open_bound
+        from .store import DiskStore
+
+        c = self.config
+        return open_bound(c, lambda: DiskStore(  # ConfigError: another destination's spool
+            c.spool_path,
+            durability=c.durability,
+            max_events=c.max_buffer_size,
+            max_bytes=c.max_buffer_bytes,
+            full_policy=c.buffer_full_policy,
+            block_timeout=c.buffer_block_timeout,
+            retention_seconds=c.retention_seconds,
+            retention_bytes=c.retention_bytes,
+            max_event_bytes=c.max_event_bytes,
+        ))
 
     # ------------------------------------------------------------------- emit
 
@@ -183,7 +207,8 @@ class AOPClient:
             return None, "redacted"
         try:
             validate_envelope(out)
-        except ValidationError as exc:
+            check_json(out)  # the protocol walk signed_body relies on: a set, 2**53 or 200 levels is not JSON
+        except (ValidationError, RecursionError, TypeError) as exc:
             self._drop("redaction_error",
                        f"redaction_hook returned an invalid envelope ({type(exc).__name__})", "redaction_hook")
             return None, "redaction_error"
@@ -235,6 +260,7 @@ class AOPClient:
         from .core.backoff import RetryPolicy
         from .election import FlusherElection
         from .flusher import Flusher
+        from .spool_identity import refuse_other
         from .transport import HttpTransport
 
         c = self.config
@@ -259,6 +285,7 @@ class AOPClient:
                 max_retries=c.max_retries, base=c.retry_backoff_base, cap=c.retry_backoff_max
             ),
             fallback_dir=c.local_fallback_dir if c.enable_local_fallback else None,
+            check_identity=lambda: refuse_other(c.spool_path, c),
             pre_send_hook=c.pre_send_hook,
             post_send_hook=c.post_send_hook,
             debug=c.debug,

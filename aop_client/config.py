@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["ClientConfig", "default_spool_root", "normalized_base_url"]
+__all__ = ["ClientConfig", "default_spool_root", "normalized_base_url", "public_base_url"]
 
 RedactionHook = Callable[[dict], Optional[dict]]
 PreSendHook = Callable[[dict], None]
@@ -60,6 +60,11 @@ def normalized_base_url(url: str) -> str:
     path = parts.path.rstrip("/")
     query = f"?{parts.query}" if parts.query else ""
     return f"{scheme}://{host}{path}{query}"
+
+
+def public_base_url(url: str) -> str:
+    """:func:`normalized_base_url` without its query (which may hold a token): what is written or shown in clear."""
+    return normalized_base_url(url).split("?", 1)[0]
 
 
 def default_spool_tag(base_url: str, api_key: str, org_salt_key: Optional[str]) -> str:

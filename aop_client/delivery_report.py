@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from typing import Any, Optional
 
 import orjson
 
 from .core.failure_report import DELIVERY_KINDS, HINTS, Decision, ReportState, failure_kind, on_failure, on_success
 from .core.outcome import Delivered
+from .store.layout import read_owned_file, write_private_file
 
 __all__ = ["FailureReporter", "read_last_error", "write_last_error", "dead_letters_text", "LAST_ERROR_FILE"]
 
@@ -45,38 +45,17 @@ def dead_letters_text(n: int) -> str:
 
 def write_last_error(directory: str, record: dict) -> None:
     """Atomically replace ``<directory>/last_error.json`` with ``record`` (0600, no link followed)."""
-    tmp = os.path.join(directory, f".last_error-{os.getpid()}-{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.write(fd, orjson.dumps(record))
-        finally:
-            os.close(fd)
-        os.replace(tmp, os.path.join(directory, LAST_ERROR_FILE))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private_file(directory, LAST_ERROR_FILE, orjson.dumps(record))
 
 
 def read_last_error(directory: str) -> Optional[dict]:
     """The last error a flusher of this spool wrote down, or None (no file, a link, a foreign or bad file)."""
     try:
-        fd = os.open(os.path.join(directory, LAST_ERROR_FILE),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a planted FIFO never hangs
-    except OSError:
+        raw = read_owned_file(os.path.join(directory, LAST_ERROR_FILE), owner=os.stat(directory).st_uid,
+                              limit=_MAX_FILE_BYTES + 1)
+        doc = orjson.loads(raw) if len(raw) <= _MAX_FILE_BYTES else None
+    except (OSError, orjson.JSONDecodeError):  # StoreError (not ours) is an OSError too
         return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.stat(directory).st_uid or st.st_size > _MAX_FILE_BYTES:
-            return None
-        doc = orjson.loads(os.read(fd, _MAX_FILE_BYTES))
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    finally:
-        os.close(fd)
     return doc if isinstance(doc, dict) else None
 
 

@@ -51,7 +51,7 @@ import weakref
 from typing import Any, Optional
 
 from .errors import StoreError
-from .store.layout import describe, ensure_private_directory
+from .store.layout import NotOwnedError, ensure_private_directory, open_owned, prepare_directory
 
 __all__ = ["FlusherElection", "LOCK_FILE_NAME", "MAX_POLL_INTERVAL"]
 
@@ -72,35 +72,36 @@ def _forget_inherited_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_locks_in_child)
 
 
-def _ensure_private_directory(directory: str) -> None:
+def _ensure_private_directory(directory: str, create: bool = True) -> None:
     # The spool's rules (aop_client.store.layout): ours, not writable by group/others, parents 0700.
-    ensure_private_directory(directory)
+    if create:
+        ensure_private_directory(directory)
+    else:
+        prepare_directory(directory, must_exist=True)  # StoreError when it is gone: never re-created
 
 
 def _open_lock_file(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     """Open the lock file without following a symlink; refuse anything but a regular file of ours."""
+    owner = None if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, _FILE_MODE)
+        fd = open_owned(path, flags, owner=owner, mode=_FILE_MODE)
     except FileNotFoundError:
         if not flags & os.O_CREAT:
             raise  # holder(): no lock file, no holder
         raise StoreError(f"cannot open flusher lock file {path!r}: its directory is gone") from None
+    except NotOwnedError as e:
+        raise StoreError(f"flusher lock: {e}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise StoreError(f"refusing flusher lock file {path!r}: it is a symlink (never followed, never "
                              f"written through); remove it (`rm {path}`)") from None
         raise StoreError(f"cannot open flusher lock file {path!r}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        owner = os.geteuid() if flags & os.O_CREAT else os.stat(os.path.dirname(path) or ".").st_uid
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
-            raise StoreError(f"refusing flusher lock {describe(path, st)}: only a regular file of uid {owner} "
-                             f"is used; remove it (`rm {path}`)")
-        if flags & os.O_CREAT and stat.S_IMODE(st.st_mode) != _FILE_MODE:
+    if flags & os.O_CREAT and stat.S_IMODE(os.fstat(fd).st_mode) != _FILE_MODE:
+        try:
             os.fchmod(fd, _FILE_MODE)
-    except BaseException:
-        os.close(fd)
-        raise
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
 
 
@@ -120,8 +121,9 @@ def _parse_holder_info(raw: bytes) -> Optional[dict[str, Any]]:
 class FlusherElection:
     """Exactly one leader per directory across all processes of a host, via a kernel flock."""
 
-    def __init__(self, directory: "str | os.PathLike[str]") -> None:
+    def __init__(self, directory: "str | os.PathLike[str]", *, create: bool = True) -> None:
         self.directory = os.fspath(directory)
+        self._create = create  # False: campaign only in an existing spool (StoreError when it is gone)
         self.lock_path = os.path.join(self.directory, LOCK_FILE_NAME)
         self._mutex = threading.Lock()
         self._fd: Optional[int] = None
@@ -151,7 +153,7 @@ class FlusherElection:
             self._drop_if_inherited()
             if self._fd is not None:
                 return True
-            _ensure_private_directory(self.directory)
+            _ensure_private_directory(self.directory, self._create)
             fd = _open_lock_file(self.lock_path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

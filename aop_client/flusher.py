@@ -16,7 +16,12 @@ Guarantees:
   with ``fallback_dir``, to ``fallback_<run_id>_<stamp>.json`` files) and are
   retried on the next flush, by the next leader, or by ``aop flush``;
 * ``stop(timeout)`` returns within ``timeout``: undelivered events stay in the
-  store (released, or returned by lease expiry) for the next flusher.
+  store (released, or returned by lease expiry) for the next flusher;
+* when the loop itself fails (an epoch it cannot start, a store it cannot
+  write, e.g. on a full disk) it backs off (:class:`~aop_client.core.backoff.FailureStreak`:
+  0.1 s doubling to 5 s) and reports it like any failure (kind ``store``: the
+  first at WARNING with its cause, then at most one line a minute), and logs one
+  INFO line once an epoch starts again.
 
 Hooks: ``pre_send_hook(event)`` runs for every event before each POST that
 carries it; ``post_send_hook(event, success)`` runs once per final outcome in
@@ -50,7 +55,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import orjson
 
-from .core.backoff import RetryPolicy
+from .core.backoff import FailureStreak, RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import fallback_document, is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
@@ -69,7 +74,6 @@ log = logging.getLogger("aop_client.flusher")
 _EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgetter("attempts"), operator.attrgetter("body")
 _PREPARED_MAX_AGE = 60.0  # seconds a prepared (signed) batch may wait for its POST; servers accept 300
 _POLL = 0.25  # longest wait between store polls while elected and idle
-_ERROR_PAUSE = 0.5  # wait after an unexpected error before the loop tries again
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
 
 _live_flushers: "weakref.WeakSet[Flusher]" = weakref.WeakSet()
@@ -108,6 +112,7 @@ class Flusher:
         fallback_retry_interval: float = 60.0,
         max_in_flight: int = 1,
         debug: bool = False,
+        check_identity: Callable[[], Any] | None = None,
     ) -> None:
         for name, value, low in (("batch_size", batch_size, 1), ("max_batch_bytes", max_batch_bytes, 1),
                                  ("batch_interval", batch_interval, 0), ("election_poll", election_poll, 0.01),
@@ -128,6 +133,7 @@ class Flusher:
         self.clock = clock
         self.on_error = on_error
         self.election_poll = float(election_poll)
+        self.check_identity = check_identity  # raises when the spool is (now) bound to other credentials
         # HttpTransport can sign and gzip the next batch ahead of time (not part of the Transport protocol)
         self._can_prepare = hasattr(transport, "prepare_batch") and hasattr(transport, "post_prepared")
         try:  # DiskStore.lease also fences (an additive keyword beyond the Store protocol)
@@ -153,6 +159,7 @@ class Flusher:
         self.debug = bool(debug)
         directory = getattr(store, "directory", None)
         self._reporter = FailureReporter(str(directory) if directory else None, log, debug=self.debug)
+        self._streak = FailureStreak()  # the loop's own failures (a store it cannot write): its backoff
         _live_flushers.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -167,6 +174,7 @@ class Flusher:
         self._counts = defaultdict(int)
         self._paused = False
         self._reporter = FailureReporter(self._reporter.directory, log, debug=self.debug)
+        self._streak = FailureStreak()
         self.rng = random.Random()  # never the parent's jitter sequence: forked workers must not retry in step
 
     def __repr__(self) -> str:
@@ -286,9 +294,8 @@ class Flusher:
                     self._step_down()
                     continue
                 except Exception as e:  # the loop must survive anything the store or a bug throws
-                    self._note_error(f"{type(e).__name__}: {e}", e)
                     self._step_down()  # the next epoch returns whatever this one held to pending
-                    self._stop.wait(_ERROR_PAUSE)
+                    self._stop.wait(self._loop_failed(f"{type(e).__name__}: {e}", e))
                     continue
                 if finished and one_shot:
                     return None
@@ -298,21 +305,38 @@ class Flusher:
     def _campaign(self) -> bool:
         try:
             won = self.election.try_acquire()
-        except StoreError as e:  # e.g. a planted flusher.lock: refused, reported (rate-limited), tried again each poll
+        except OSError as e:  # StoreError too, e.g. a planted flusher.lock: reported (rate-limited), tried again each poll
             self._note_error(f"cannot campaign for the flusher lock: {e}", e)
             return False
         if not won:
             return False
+        if self.check_identity is not None:
+            try:  # re-read at each win: `aop spool adopt` may have rebound the spool since we started
+                self.check_identity()
+            except (ConfigError, StoreError) as e:
+                self._note_error(str(e), e)
+                self.election.release()  # never send another destination's events
+                return False
         try:
             self._epoch = self.store.begin_epoch()
             self.store.retry_fallback()  # crash recovery: a new leader retries what was parked
         except Exception as e:
-            self._note_error(f"could not start epoch: {type(e).__name__}: {e}", e)
             self._epoch = None
             self.election.release()
+            self._stop.wait(self._loop_failed(f"could not start epoch: {type(e).__name__}: {e}", e))
             return False
         log.info("aop_client flusher elected (epoch %s)", self._epoch)
+        streak_started = self._streak.started_at
+        failures = self._streak.succeeded()
+        if failures:
+            log.info("aop_client flusher: the store works again after %d failed attempt(s) over %.1f s",
+                     failures, time.monotonic() - (streak_started or time.monotonic()))
         return True
+
+    def _loop_failed(self, message: str, exc: BaseException) -> float:
+        """A failure of the loop itself (not of a batch): noted and reported by kind (rate-limited); returns the backoff."""
+        self._note_error(message, exc)
+        return self._streak.failed(time.monotonic(), self.rng.random())
 
     def _step_down(self) -> None:
         if self._epoch is not None or self.election.is_leader:
@@ -554,7 +578,8 @@ class Flusher:
         """Keep ``message`` as the last error; an exception is also reported (rate-limited, by kind)."""
         self._last_error = message
         if exc is not None:
-            kind = "store" if isinstance(exc, (StoreError, OSError)) else "internal"
+            kind = ("spool_identity" if isinstance(exc, ConfigError)
+                    else "store" if isinstance(exc, (StoreError, OSError)) else "internal")
             self._reporter.failure(kind, message, self.clock())
             if self.on_error is not None:
                 try:

@@ -16,12 +16,15 @@ pick another ``spool_dir`` or adopt the spool on purpose (``aop spool adopt``,
 :func:`adopt`).
 
 A spool without an identity file (made by an earlier release) is bound by the
-first client whose ``org_salt_key`` verifies a sample of its undelivered
-events (or, without a salt, that finds them unsigned); otherwise it is refused.
-The earlier default spool path (a tag over base_url and api_key only) is moved
-to the new default path on first use when it passes the same check and no
-flusher holds it (:func:`migrate_legacy_default`); else it stays where it was
-and a warning says how to drain it.
+first client whose ``org_salt_key`` verifies a sample of its events (read
+straight from its segments, :mod:`aop_client.spool_backlog`; or, without a
+salt, that finds them unsigned); otherwise it is refused. The earlier default
+spool path (a tag over base_url and api_key only) is moved to the new default
+path on first use when it passes the same check, while this process holds its
+flusher lock and no process still writes to it (:func:`migrate_legacy_default`);
+else it stays where it was and a warning says how to drain it. The flusher
+re-checks the binding each time it wins the flusher lock; :func:`adopt` holds
+that lock while it rebinds.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from typing import Any, Callable, Optional
 
 import orjson
 
-from .config import default_spool_root, normalized_base_url
-from .errors import ConfigError, SignatureError, StoreError
-from .signing import verify_event
+from .config import default_spool_root, normalized_base_url, public_base_url
+from .errors import ConfigError, StoreError
+from .spool_backlog import foreign_signatures, hold_quiet
+from .store.layout import NotOwnedError, read_owned_file, write_private_file
+from .store.segments import list_segments
 
 __all__ = ["IDENTITY_FILE", "make_identity", "differing_fields", "read_identity", "write_identity",
            "open_bound", "ensure_bound", "foreign_signatures", "adopt", "legacy_default_path",
@@ -49,7 +54,6 @@ log = logging.getLogger("aop_client")
 
 IDENTITY_FILE = "identity.json"
 FORMAT = 1
-SAMPLE = 64  # undelivered events whose signatures are checked before binding or adopting
 _FIELDS = ("base_url", "api_key", "org_salt_key")
 _MAX_FILE = 64 * 1024
 _checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
@@ -70,7 +74,8 @@ def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
     nonce = nonce or secrets.token_hex(16)
     return {
         "format": FORMAT,
-        "base_url": normalized_base_url(config.base_url),
+        "base_url": public_base_url(config.base_url),  # no user info, query or fragment: they may hold a token
+        "base_url_full": _fingerprint(normalized_base_url(config.base_url), "base_url", nonce),
         "nonce": nonce,
         "api_key": _fingerprint(config.api_key, "api_key", nonce),
         "org_salt_key": _fingerprint(config.org_salt_key, "org_salt_key", nonce),
@@ -82,14 +87,18 @@ def differing_fields(identity: dict, config: Any) -> list[str]:
     mine = make_identity(config, str(identity.get("nonce", "")))
     out = []
     for name in _FIELDS:
-        theirs, ours = identity.get(name), mine[name]
-        if theirs is None or ours is None:
-            same = theirs is None and ours is None
-        else:
-            same = isinstance(theirs, str) and hmac.compare_digest(theirs.encode(), ours.encode())
+        same = _same(identity.get(name), mine[name])
+        if name == "base_url" and same and "base_url_full" in identity:  # the query, compared by fingerprint
+            same = _same(identity["base_url_full"], mine["base_url_full"])
         if not same:
             out.append(name)
     return out
+
+
+def _same(theirs: Any, ours: Optional[str]) -> bool:
+    if theirs is None or ours is None:
+        return theirs is None and ours is None
+    return isinstance(theirs, str) and hmac.compare_digest(theirs.encode(), ours.encode())
 
 
 def _path(directory: "str | os.PathLike[str]") -> str:
@@ -100,25 +109,18 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
     """The identity of a spool directory, or None when it has none (yet); StoreError if it is unsafe or damaged."""
     path = _path(directory)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        raw = read_owned_file(path, limit=_MAX_FILE + 1)  # only the uid running the application writes in its spool
     except FileNotFoundError:
         return None
+    except NotOwnedError as e:
+        what = (f"belongs to uid {e.st_uid}, not to us (uid {e.owner})" if stat.S_ISREG(e.st_mode)
+                else "is not a regular file")
+        raise StoreError(f"spool identity {path!r} {what}; remove it and run `aop spool adopt`") from None
     except OSError as e:
         raise StoreError(f"cannot read spool identity {path!r} ({e.strerror}); it must be a regular "
-                         "file, not a link: remove it and run `aop spool adopt`") from e
+                         "file of ours, not a link: remove it and run `aop spool adopt`") from e
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
-            raise StoreError(f"spool identity {path!r} is not a small regular file; "
-                             "remove it and run `aop spool adopt`")
-        if st.st_uid != os.geteuid():  # only the uid running the application writes in its spool
-            raise StoreError(f"spool identity {path!r} belongs to uid {st.st_uid}, not to us "
-                             f"(uid {os.geteuid()}); remove it and run `aop spool adopt`")
-        raw = os.read(fd, _MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    try:
-        value = orjson.loads(raw)
+        value = orjson.loads(raw) if len(raw) <= _MAX_FILE else None
     except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict) or value.get("format") != FORMAT or not isinstance(value.get("nonce"), str):
@@ -128,45 +130,29 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
 
 
 def write_identity(directory: "str | os.PathLike[str]", identity: dict, *, replace: bool = False) -> bool:
-    """Write the identity file atomically (0600, O_EXCL, O_NOFOLLOW, then link or rename).
+    """Write the identity file atomically and durably (layout.write_private_file: 0600, O_EXCL, no link followed).
 
     Without ``replace`` the file is only created: returns False when another process bound
     the spool first (the caller re-reads it). With ``replace`` it is swapped in by rename.
+    StoreError when it cannot be written (a full disk, a read-only filesystem...).
     """
     directory = os.fspath(directory)
-    tmp = os.path.join(directory, f".{IDENTITY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            os.write(fd, orjson.dumps(identity, option=orjson.OPT_INDENT_2) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.rename(tmp, _path(directory))
-        else:
-            try:
-                os.link(tmp, _path(directory))
-            except FileExistsError:
-                return False
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
+        return write_private_file(directory, IDENTITY_FILE, orjson.dumps(identity, option=orjson.OPT_INDENT_2) + b"\n",
+                                  fsync=True, exclusive=not replace)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise StoreError(f"cannot write the spool identity {_path(directory)!r}: {e.strerror or e}") from e
 
 
 def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> ConfigError:
     where = os.fspath(directory)
     what = []
     if "base_url" in fields:
-        what.append(f"base_url {normalized_base_url(config.base_url)!r} is not its {identity.get('base_url')!r}")
+        ours, theirs = public_base_url(config.base_url), identity.get("base_url")
+        what.append(f"base_url {ours!r} is not its {theirs!r}" if ours != theirs
+                    else f"base_url {ours!r} differs from its own in the query string")
     what += [f"the {name} differs" for name in fields if name != "base_url"]
     err = ConfigError(
         f"spool_dir {where!r} holds the events of another destination: {', '.join(what)}. "
@@ -190,35 +176,12 @@ def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
     return True
 
 
-def foreign_signatures(store: Any, org_salt_key: Optional[str], limit: int = SAMPLE) -> tuple[int, int]:
-    """(sampled, not ours): how many sampled undelivered events do not verify under ``org_salt_key``.
-
-    Without a salt an event is ours when unsigned; with one, when its ``sig`` verifies.
-    """
-    events = store.sample_undelivered(limit)
-    foreign = 0
-    for event in events:
-        try:
-            value = orjson.loads(event.body)
-        except orjson.JSONDecodeError:
-            foreign += 1
-            continue
-        if org_salt_key is None:
-            foreign += isinstance(value, dict) and "sig" in value
-            continue
-        try:
-            verify_event(value, org_salt_key)
-        except SignatureError:
-            foreign += 1
-    return len(events), foreign
-
-
 def ensure_bound(store: Any, config: Any) -> None:
     """Bind an unbound spool to ``config`` (when its backlog is signed with our salt), or check the binding."""
     directory = store.directory
     if refuse_other(directory, config):
         return
-    sampled, foreign = foreign_signatures(store, config.org_salt_key)
+    sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
     if foreign:
         salt = "unsigned" if config.org_salt_key is None else "signed with this org_salt_key"
         err = ConfigError(
@@ -253,32 +216,41 @@ def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
     return store
 
 
-def adopt(store: Any, config: Any, *, force: bool = False, before: Optional[Callable[[], None]] = None) -> dict:
+def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
     """Rebind a spool to ``config``'s credentials (key rotation); returns what changed.
 
-    ``before`` runs once it is known that something changes, before anything is checked or
-    written (the command refuses there while a flusher holds the spool).
-
-    Refused (ConfigError) while sampled undelivered events are not signed with the new salt,
-    unless ``force``: such events would be refused by a server that verifies the new salt.
+    Holds the spool's flusher lock throughout and refuses (StoreError) while another
+    process is its flusher or still writes to it: those would go on sending or storing
+    under the old credentials. ``force`` does not lift that refusal. Refused
+    (ConfigError) while sampled events are not signed with the new salt, unless
+    ``force``: a server that verifies the new salt would refuse them.
     """
-    old = read_identity(store.directory)
+    directory = os.fspath(store.directory)
+    old = read_identity(directory)
     changed = _FIELDS if old is None else tuple(differing_fields(old, config))
     if not changed:
         return {"changed": [], "previous_identity": True, "sampled": 0, "foreign": 0}
-    if before is not None:
-        before()
-    sampled, foreign = foreign_signatures(store, config.org_salt_key)
-    if foreign and not force:
-        err = ConfigError(
-            f"{foreign} of {sampled} sampled undelivered events in {store.directory!r} are not "
-            f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
-            "a server checking the new salt would refuse them. Drain them first with `aop flush` "
-            "under the old credentials, or pass --force to adopt anyway.",
-            field="org_salt_key", value=None)
-        err.fields = ("org_salt_key",)
-        raise err
-    write_identity(store.directory, make_identity(config), replace=True)
+    election, why = hold_quiet(directory, create=False)
+    if election is None:
+        raise StoreError(f"refusing to adopt {directory!r}: {why}, under the credentials it was started "
+                         "with; stop every process using the old credentials first (--force does not override this)")
+    try:
+        old = read_identity(directory)  # again, now that no one else can rebind it
+        changed = _FIELDS if old is None else tuple(differing_fields(old, config))
+        sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
+        if foreign and not force:
+            err = ConfigError(
+                f"{foreign} of {sampled} sampled undelivered events in {directory!r} are not "
+                f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
+                "a server checking the new salt would refuse them. Drain them first with `aop flush` "
+                "under the old credentials, or pass --force to adopt anyway.",
+                field="org_salt_key", value=None)
+            err.fields = ("org_salt_key",)
+            raise err
+        if changed:
+            write_identity(directory, make_identity(config), replace=True)
+    finally:
+        election.close()
     return {"changed": list(changed), "previous_identity": old is not None,
             "sampled": sampled, "foreign": foreign}
 
@@ -292,56 +264,73 @@ def legacy_default_path(config: Any) -> Path:
 def migrate_legacy_default(config: Any) -> bool:
     """Move the earlier default spool to ``config.spool_path`` when it is this deployment's; True if moved.
 
-    Moved (one rename, nothing copied) only when the new path does not exist yet, the old one is
-    a directory of ours with no identity or ours, no flusher holds it, and its sampled undelivered
-    events verify with our salt. Otherwise it stays; a process checks it once, and warns once
-    when it still holds undelivered events.
+    Checked once per process, cheaply (an lstat of the earlier path, a listing of its
+    ``segments/`` when it stays). Moved (one rename, nothing copied) only when the new
+    path does not exist yet, the old one is a directory of ours with no identity or
+    ours, and, while this process holds its flusher lock (so no flusher sends from it
+    and none starts): no segment in it is still open for writing (a running process of
+    the earlier release would lose every event it stores after the move) and its
+    sampled events verify with our salt. Otherwise it stays, nothing in it is created
+    or changed, and a warning says how to drain it. Never raises for a spool another
+    process moves or removes meanwhile.
     """
     old, new = legacy_default_path(config), Path(config.spool_path)
-    if old == new or (old, new) in _checked_legacy or not old.is_dir() or old.is_symlink():
+    if old == new or (old, new) in _checked_legacy:
         return False
     _checked_legacy.add((old, new))
-    why, undelivered = _legacy_blocker(old, new, config)
-    if why is None:
-        try:
-            os.rename(old, new)
+    try:
+        st = os.lstat(old)
+    except OSError:  # none, or another worker of this deployment moved it just now
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    election = None
+    try:
+        why, election = _legacy_blocker(old, new, config, st)
+        if why is None:
+            os.rename(old, new)  # the flusher lock we hold moves with it; released below
             log.info("aop_client moved the earlier default spool %s to %s", old, new)
             return True
-        except OSError as e:
-            if not old.exists():  # another process of this deployment moved it first
-                return False
-            why = f"it could not be moved ({e.strerror})"
-    if undelivered:
-        log.warning("aop_client left the earlier default spool %s (%s undelivered events) in place: %s. "
-                    "`aop status --spool %s` shows them; `aop flush --spool %s` with the credentials that "
-                    "stored them delivers them (see docs/operations.md)", old, undelivered, why, old, old)
+    except OSError as e:  # raced by another worker's rename, or it could not be moved: not moved
+        why = f"it could not be moved ({e.strerror or e})"
+    finally:
+        if election is not None:
+            election.close()
+    segments = _segment_count(old / "segments")
+    if segments:
+        log.warning("aop_client left the earlier default spool %s (%s segment files) in place: %s. "
+                    "`aop status --spool %s` shows its undelivered events; `aop flush --spool %s` with the "
+                    "credentials that stored them delivers them; remove it once drained (see docs/operations.md)",
+                    old, segments, why, old, old)
     return False
 
 
-def _legacy_blocker(old: Path, new: Path, config: Any) -> tuple[Optional[str], Optional[int]]:
-    """(why the earlier default spool must not be moved to ``new`` or None, its undelivered events or None)."""
-    from .election import FlusherElection
-    from .store import DiskStore
-
-    if os.lstat(old).st_uid != os.geteuid():
-        return "it belongs to another user", None
-    undelivered = None
+def _segment_count(segment_dir: Path) -> int:
     try:
-        with DiskStore(old) as store:
-            st = store.stats()
-            undelivered = st.pending + st.in_flight + st.fallback
-            if new.exists():
-                return f"{new} exists already", undelivered
-            with FlusherElection(old) as election:
-                holder = election.holder()
-            if holder and holder.get("alive"):
-                return f"process {holder.get('pid')} is its flusher", undelivered
-            refuse_other(old, config)
-            sampled, foreign = foreign_signatures(store, config.org_salt_key)
+        return len(list_segments(os.fspath(segment_dir)))
+    except OSError:
+        return 0
+
+
+def _legacy_blocker(old: Path, new: Path, config: Any, st: os.stat_result) -> tuple[Optional[str], Any]:
+    """(why the earlier default spool must not be moved to ``new`` or None, its flusher election held or None).
+
+    The caller closes the election (after the rename): it is held across the checks and the rename.
+    """
+    if st.st_uid != os.geteuid():
+        return "it belongs to another user", None
+    if os.path.lexists(new):
+        return f"{new} exists already", None
+    election, why = hold_quiet(os.fspath(old), create=False)  # never re-creates a spool renamed away
+    if election is None:
+        return why, None
+    try:
+        refuse_other(old, config)
     except ConfigError:
-        return "it is bound to other credentials", undelivered
+        return "it is bound to other credentials", election
     except StoreError as e:
-        return f"it cannot be opened ({e})", None
+        return f"its identity cannot be read ({e})", election
+    sampled, foreign = foreign_signatures(os.fspath(old / "segments"), config.org_salt_key)
     if foreign:
-        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", undelivered
-    return None, undelivered
+        return f"{foreign} of {sampled} sampled undelivered events are not signed with this org_salt_key", election
+    return None, election

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aop_client.core.backoff import RetryPolicy, parse_retry_after
+from aop_client.core.backoff import FailureStreak, RetryPolicy, parse_retry_after
 from aop_client.errors import ConfigError, ValidationError
 
 EXAMPLES = settings(max_examples=int(os.environ.get("AOP_HYPOTHESIS_EXAMPLES", "200")), deadline=None)
@@ -118,3 +118,36 @@ def test_retry_after_never_raises(value: str) -> None:
 def test_retry_after_unreadable_values_are_none(value: str | None) -> None:
     """Absent, negative or unreadable Retry-After values are None (plain backoff applies)."""
     assert parse_retry_after(value, 0.0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(draws=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=1, max_size=200),
+       recover_every=st.integers(min_value=0, max_value=7))
+def test_failure_streak_waits_between_base_and_cap_and_counts_its_streak(
+        draws: list[float], recover_every: int) -> None:
+    """Every wait is in [base, cap]; succeeded() returns the failures since the last success."""
+    streak = FailureStreak(base=0.1, cap=5.0)
+    since = 0
+    for i, u in enumerate(draws):
+        assert 0.1 <= streak.failed(float(i), u) <= 5.0
+        since += 1
+        if recover_every and i % recover_every == 0:
+            assert streak.succeeded() == since
+            since = 0
+    assert streak.succeeded() == since and streak.failures == 0
+
+
+def test_failure_streak_doubles_its_ceiling_up_to_the_cap() -> None:
+    streak = FailureStreak(base=0.1, cap=5.0)
+    delays = [streak.failed(float(i), 0.999) for i in range(10)]
+    assert delays[:3] == pytest.approx([0.1, 0.1998, 0.3996]) and delays[-1] == pytest.approx(4.995)
+    assert streak.started_at == 0.0 and streak.succeeded() == 10 and streak.started_at is None
+
+
+def test_failure_streak_refuses_bad_fields() -> None:
+    with pytest.raises(ConfigError):
+        FailureStreak(base=0.0)
+    with pytest.raises(ConfigError):
+        FailureStreak(base=2.0, cap=1.0)
+    with pytest.raises(ValidationError):
+        FailureStreak().failed(0.0, 1.0)

@@ -100,3 +100,40 @@ def test_no_marker_in_any_file_log_or_stats(tmp_path: Path, home: Path, caplog: 
     assert any("redaction_hook" in line and "ValueError" in line for line in hook_lines), hook_lines
     assert any("pre_send_hook raised RuntimeError" in line for line in hook_lines), hook_lines
     assert any("post_send_hook raised KeyError" in line for line in hook_lines), hook_lines
+
+
+def _not_json_results(event: dict) -> list:
+    deep: Any = [MARKER]
+    for _ in range(200):
+        deep = [deep]
+    payload = event["payload"]
+    return [
+        {**event, "payload": {**payload, "n": {MARKER}}},  # a set
+        {**event, "payload": {**payload, "n": 2**53, "who": MARKER}},  # over the protocol's integer bound
+        {**event, "payload": {**payload, "n": deep}},  # 200 levels
+    ]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["set", "2**53", "200-levels"])
+def test_a_hook_result_that_is_not_json_is_dropped_without_quoting_it(
+        tmp_path: Path, home: Path, caplog: Any, which: int) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def hook(event: dict) -> dict:
+        return _not_json_results(event)[which]
+
+    client = AOPClient(ClientConfig(
+        api_key=TEST_API_KEY, org_salt_key=TEST_ORG_SALT_KEY, base_url=closed_port_url(), agent_id=9,
+        spool_dir=str(tmp_path / "spool"), redaction_hook=hook))
+    try:
+        result = client.emit_event(client.trace_builder.create_action_request(action="lookup", params={}))
+        assert not result and result.reason == "redaction_error"
+        stats = client.get_stats()
+        assert stats["dropped"]["redaction_error"] == 1
+        assert stats["last_error"] == "redaction_error: redaction_hook returned an invalid envelope (ValidationError)"
+        assert MARKER not in repr(stats)
+    finally:
+        client.stop(timeout=2)
+    assert files_containing(tmp_path, MARKER.encode()) == []
+    assert MARKER not in caplog.text
+    assert not [r for r in caplog.records if MARKER in r.getMessage() or MARKER in str(r.args)]

@@ -82,6 +82,19 @@ def test_the_identity_file_is_private_and_holds_no_secret(tmp_path):
     assert make_identity(config(salt=None))["org_salt_key"] is None
 
 
+def test_a_token_in_the_base_url_is_never_written_nor_quoted(tmp_path):
+    """User info and the query string may hold a token: the identity keeps a fingerprint of them, never the text."""
+    spool = tmp_path / "s"
+    fill(spool, 1, url="http://user:pw-tok3n@127.0.0.1:9/api?token=q-tok3n#frag")
+    assert b"tok3n" not in (spool / IDENTITY_FILE).read_bytes()
+    assert read_identity(spool)["base_url"] == "http://127.0.0.1:9/api"
+    for other in ("http://127.0.0.1:9/api?token=other-tok3n", "http://127.0.0.1:9/api"):
+        with pytest.raises(ConfigError) as refused:
+            AOPClient(config(url=other, spool=spool)).store
+        assert refused.value.fields == ("base_url",) and "tok3n" not in str(refused.value)
+    assert AOPClient(config(url="http://127.0.0.1:9/api?token=q-tok3n", spool=spool)).store
+
+
 def test_each_differing_field_is_named_alone(tmp_path):
     """A client differing in one field is refused with that field (and the way out), nothing else."""
     spool = tmp_path / "s"
@@ -97,8 +110,49 @@ def test_each_differing_field_is_named_alone(tmp_path):
         assert type(again) is ConfigError and again.fields == (name,) and str(again) == str(refused.value)
 
 
+BINDER = """
+import sys
+from aop_client import AOPClient, ClientConfig
+from aop_client.errors import ConfigError
+client = AOPClient(ClientConfig(base_url="http://127.0.0.1:9", api_key=sys.argv[2], org_salt_key="salt-1",
+                                spool_dir=sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()  # the barrier: both are released together
+try:
+    client.store
+except ConfigError as e:
+    print("refused", ",".join(e.fields), flush=True)
+else:
+    print("bound", flush=True)
+"""
+
+
 def test_binding_is_created_once_even_when_two_processes_race(tmp_path):
-    """write_identity never overwrites without replace; the loser learns it lost and is checked against the winner."""
+    """Two processes with other credentials open one new spool at once: one binds it, the other is refused."""
+    import subprocess
+    import sys
+
+    spool = tmp_path / "s"
+    procs = [subprocess.Popen([sys.executable, "-c", BINDER, str(spool), key], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for key in ("key-1", "key-2")]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+        for p in procs:
+            p.stdin.write("\n")
+        for p in procs:
+            p.stdin.flush()
+        outcomes = [p.stdout.readline().strip() for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            assert p.wait(30) == 0
+    assert sorted(outcomes) == ["bound", "refused api_key"], outcomes
+    winner = ("key-1", "key-2")[outcomes.index("bound")]
+    assert differing_fields(read_identity(spool), config(key=winner)) == []
+    assert not [p.name for p in spool.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_write_identity_never_overwrites_without_replace(tmp_path):
     (tmp_path / "s").mkdir()
     first, second = make_identity(config()), make_identity(config(key="other"))
     assert write_identity(tmp_path / "s", first) is True
@@ -197,9 +251,37 @@ def test_adopt_refuses_while_a_flusher_holds_the_spool(tmp_path, capsys):
         assert adopt(spool, key="key-2") == 2
         assert f"process {os.getpid()}" in capsys.readouterr().err
         assert adopt(spool) == 0 and "already bound" in capsys.readouterr().out  # nothing to change: no refusal
+        assert adopt(spool, "--force", key="key-2") == 2  # --force never overrides a running flusher
     finally:
         holder.stop(timeout=0.5, flush=False)
+    # stopped, it may still emit under the old key: its open segment is a live writer
+    assert adopt(spool, "--force", key="key-2") == 2
+    assert "still open for writing" in capsys.readouterr().err
+    holder.store.close()
     assert adopt(spool, key="key-2") == 0
+    assert differing_fields(read_identity(spool), config(key="key-2")) == []
+
+
+def test_adopt_holds_the_flusher_lock_so_no_flusher_starts_meanwhile(tmp_path, monkeypatch):
+    """While adopt runs (between its checks and the new identity) no other process can become the flusher."""
+    from aop_client import spool_identity
+    from aop_client.election import FlusherElection
+
+    spool = tmp_path / "s"
+    fill(spool, 2).store.close()
+    seen = []
+    real = spool_identity.write_identity
+
+    def write(directory, identity, **kw):
+        with FlusherElection(directory) as other:
+            seen.append(other.try_acquire())
+        return real(directory, identity, **kw)
+
+    monkeypatch.setattr(spool_identity, "write_identity", write)
+    assert adopt(spool, key="key-2") == 0
+    assert seen == [False]
+    with FlusherElection(spool) as after:  # released once done
+        assert after.try_acquire()
 
 
 def test_adopt_needs_an_existing_spool(tmp_path, capsys, monkeypatch):
@@ -234,3 +316,36 @@ def test_aop_flush_with_other_credentials_is_refused_and_sends_nothing(tmp_path,
     assert aop_collector.event_ids() == set()
     with DiskStore(spool) as store:
         assert store.stats().pending == 4
+
+
+def test_a_flusher_re_reads_the_identity_at_each_win_and_never_sends_for_another(tmp_path, caplog, aop_collector):
+    """Rebound while this client was not the flusher: once it wins it steps down, reports once, sends nothing."""
+    import logging
+
+    from aop_client.election import FlusherElection
+
+    caplog.set_level(logging.WARNING)
+    spool = tmp_path / "s"
+    blocker = FlusherElection(spool)
+    assert blocker.try_acquire()  # another process is the flusher for now
+    client = fill(spool, 3, url=aop_collector.url, key=aop_collector.api_key, salt=aop_collector.org_salt_key,
+                  batch_interval=0.01)
+    client.start()
+    try:
+        write_identity(spool, make_identity(config(url=aop_collector.url, key="key-2",
+                                                   salt=aop_collector.org_salt_key)), replace=True)
+        blocker.close()
+        wait_until(lambda: "api_key differs" in (client.get_stats()["last_error"] or "") or aop_collector.event_ids(),
+                   timeout=10)
+        assert aop_collector.event_ids() == set()
+        checks = []
+        check = client._flusher.check_identity
+        client._flusher.check_identity = lambda: (checks.append(1), check())
+        wait_until(lambda: len(checks) >= 5, timeout=10)  # it keeps campaigning, and keeps stepping down
+        stats = client.get_stats()
+        assert "api_key differs" in stats["last_error"] and not stats["is_flusher"]
+        assert aop_collector.event_ids() == set() and stats["delivered"] == 0
+        lines = [r for r in caplog.records if "api_key differs" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    finally:
+        client.stop(timeout=0.5, flush=False)

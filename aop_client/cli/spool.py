@@ -104,7 +104,7 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
         ("dead letters", report["dead_letters"]), ("fallback", report["fallback"]),
         ("retained (delivered)", report["retained"]), ("quarantined", report["quarantined"]),
         ("foreign files (ignored)", report["foreign_files"]),
-        ("dropped", sum(report["dropped"].values())), ("bytes on disk", report["bytes_on_disk"]),
+        ("dropped", _dropped_text(report["dropped"])), ("bytes on disk", report["bytes_on_disk"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("current flusher", _flusher_text(report["flusher"])),
         ("last error", _last_error_text(report["last_error"])),
@@ -112,6 +112,14 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+
+
+def _dropped_text(dropped: dict) -> str:
+    """``0``, or the total and each reason: ``53 (disk_full 50, full 3)``."""
+    total = sum(dropped.values())
+    if not total:
+        return "0"
+    return f"{total} (" + ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) + ")"
 
 
 def _undelivered(store: Any) -> int:

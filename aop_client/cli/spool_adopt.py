@@ -3,10 +3,11 @@
 A spool is bound to the destination (base_url, api_key, org_salt_key) its events
 were stored under (:mod:`aop_client.spool_identity`); clients with other
 credentials are refused. This command is the explicit, deliberate way to move a
-spool to new credentials. It refuses while a flusher holds the spool (that
-process would keep sending under its old credentials), and while sampled
-undelivered events are not signed with the new salt (a server checking the new
-salt would refuse them), unless ``--force``.
+spool to new credentials. It holds the spool's flusher lock for its duration and refuses
+while another process is its flusher or still writes to one of its segments
+(those would keep sending or storing under the old credentials; ``--force``
+does not override this), and while sampled events are not signed with the new
+salt (a server checking the new salt would refuse them), unless ``--force``.
 """
 
 from __future__ import annotations
@@ -29,28 +30,19 @@ def spool_group() -> None:
 @spool_options
 @server_options
 @click.option("--force", is_flag=True,
-              help="adopt even while a flusher holds the spool or its events are signed with another salt")
+              help="adopt even though sampled events are signed with another salt (never while another "
+                   "process is its flusher or writes to it)")
 def adopt_cmd(spool: Optional[str], base_url: Optional[str], api_key: Optional[str], key: Optional[str],
               force: bool) -> None:
     """Bind the spool DIR to these credentials (--base-url/--api-key/--key or AOP_*), e.g. after a key rotation."""
-    from ..election import FlusherElection
     from ..spool_identity import adopt
 
     config = build_config(spool, base_url, api_key, key)
     if not config.spool_dir:
         raise CliError("aop spool adopt needs the spool to adopt: --spool DIR (or AOP_SPOOL_DIR)")
     store = open_store(config)
-
-    def no_flusher() -> None:
-        with FlusherElection(store.directory) as election:
-            holder = election.holder()
-        if holder and holder.get("alive") and not force:
-            raise CliError(f"process {holder.get('pid')} on {holder.get('host')} is the flusher of "
-                           f"{store.directory!r} and sends under the credentials it was started with: stop "
-                           "every process using the old credentials first (or pass --force)")
-
     try:
-        result = adopt(store, config, force=force, before=no_flusher)
+        result = adopt(store, config, force=force)  # holds the flusher lock; refuses while others send or write
         pending = store.stats()
     finally:
         store.close()

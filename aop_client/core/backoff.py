@@ -2,6 +2,8 @@
 
 Pure: the caller supplies the uniform draw ``u`` and the current time ``now``.
 The policy is an immutable value in the style of urllib3's ``Retry``.
+:class:`FailureStreak` paces a loop that keeps failing the same way (a store
+that cannot be written): growing waits, and which failures to log.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ValidationError
 
-__all__ = ["RetryPolicy", "parse_retry_after"]
+__all__ = ["RetryPolicy", "FailureStreak", "parse_retry_after"]
 
 # 2.0 ** _MAX_EXPONENT is finite; larger attempts are clamped (the cap wins long before).
 _MAX_EXPONENT = 1000
@@ -79,6 +81,40 @@ class RetryPolicy:
     def with_max_retries(self, max_retries: int) -> "RetryPolicy":
         """A copy with another retry budget (the policy itself never changes)."""
         return RetryPolicy(max_retries=max_retries, base=self.base, cap=self.cap)
+
+
+class FailureStreak:
+    """Consecutive failures of one loop (not of a batch): how long to wait before the next try.
+
+    ``failed(u)`` returns the delay: full jitter over ``min(cap, base * 2**n)``,
+    never below ``base`` (no spinning). ``succeeded()`` ends the streak and
+    returns how many failures it had (0: nothing to recover from). What is
+    logged, and how often, is the failure reporter's business
+    (:mod:`aop_client.core.failure_report`), not this object's.
+    """
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        if not 0 < base <= cap:
+            raise ConfigError(f"FailureStreak needs 0 < base <= cap, got base={base!r} cap={cap!r}",
+                              field="base", value=base)
+        self.base, self.cap = float(base), float(cap)
+        self.failures = 0
+        self.started_at: float | None = None
+
+    def failed(self, now: float, u: float) -> float:
+        """Record one failure at ``now`` (monotonic seconds); returns the seconds to wait."""
+        if not (0.0 <= u < 1.0):
+            raise ValidationError(f"u must be in [0, 1), got {u!r}", field="u", value=u)
+        if self.failures == 0:
+            self.started_at = now
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.failures, _MAX_EXPONENT))
+        self.failures += 1
+        return max(self.base, u * ceiling)
+
+    def succeeded(self) -> int:
+        """End the streak; returns how many failures it had."""
+        n, self.failures, self.started_at = self.failures, 0, None
+        return n
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -62,6 +62,8 @@ HINTS: Mapping[str, str] = {
     "post_send_hook": "the post_send_hook raised: fix the hook (delivery goes on; see hook_errors in get_stats())",
     "redaction_hook": "the redaction_hook raised or returned an invalid envelope: the event was dropped "
                       "(get_stats()['dropped']['redaction_error']); fix the hook",
+    "spool_identity": "this flusher does not send: the spool is bound to other credentials than this client's "
+                      "(see the message; `aop spool adopt` rebinds a spool on purpose)",
     "store_error": "an event could not be stored and was dropped: check spool_dir (AOP_SPOOL_DIR), its free "
                    "space and permissions",
 }

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any, Callable
 
 from ..errors import StoreError
+from .state import is_disk_full
 
 
 def translated(method: Callable) -> Callable:
@@ -19,6 +20,8 @@ def translated(method: Callable) -> Callable:
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as e:
+            if is_disk_full(e) and hasattr(self, "_index_full"):
+                self._index_full()  # free the space reserve: the next call can commit (see reserve.py)
             raise StoreError(f"{method.__name__} on store {self.directory!r} failed: {e}") from e
 
     return wrapper

@@ -4,6 +4,12 @@
 estimate refreshed at most every REFRESH_SECONDS (plus its own appends in
 between). Undelivered = pending + in flight + fallback in the index, plus the
 records not yet indexed (counted exactly when few, else estimated from bytes).
+The filesystem's free space is read (``statvfs``) by each refresh and after
+this handle has written an eighth of what was free above the reserve's floor
+at the last look (at least a quarter of the reserve): rarely while the disk is
+roomy, often near the floor, never per append. ``disk_low`` is True while less
+than the floor is free; appends then drop as disk_full, so the index keeps
+room to record deliveries (see reserve.py).
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ EXACT_COUNT_BYTES = 256 * 1024
 class UsageGauge:
     """Cached (undelivered events, segment bytes) used for the max_events / max_bytes bounds."""
 
-    def __init__(self, segment_dir: str, max_events: int, max_bytes: int, lock: Any = None) -> None:
+    def __init__(self, segment_dir: str, max_events: int, max_bytes: int, lock: Any = None, *,
+                 reserve: Any = None) -> None:
         self.segment_dir = segment_dir
+        self.reserve = reserve  # a SpaceReserve: what appends leave free; None: no free-space check
+        self.disk_low = False  # less than disk_floor bytes free at the last look (or an append met ENOSPC)
+        self._until_disk_check = 0  # bytes this handle may write before it looks at the free space again
         self.lock = lock if lock is not None else threading.RLock()  # the store's: SQLite use under it
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -50,6 +60,15 @@ class UsageGauge:
         self.events += 1
         self.bytes += record_len
         self._avg_record += (record_len - self._avg_record) * 0.01
+        self._until_disk_check -= record_len
+        if self._until_disk_check <= 0 and self.reserve is not None:
+            self.check_disk()
+
+    def check_disk(self) -> None:
+        """Look at the free space now (sets disk_low and when to look next)."""
+        free, floor = self.reserve.free_bytes(), self.reserve.floor()
+        self.disk_low = free < floor
+        self._until_disk_check = max(self.reserve.size // 4, (free - floor) // 8)
 
     def removed(self, events: int) -> None:
         """Account for events this handle evicted."""
@@ -68,6 +87,8 @@ class UsageGauge:
         except OSError:
             return
         self.bytes = sum(size for _, size in segments)
+        if self.reserve is not None:
+            self.check_disk()
         if conn is None:
             return
         if not self.lock.acquire(blocking=wait):

@@ -8,7 +8,6 @@ epoch fencing. See docs/design.md for the format and the guarantees.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sqlite3
@@ -25,14 +24,16 @@ from .boundary import translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
-from .layout import prepare_directory, secure_index_files
+from .layout import prepare_directory, secure_index_files, set_aside_index_files
 from .ingest import BodyCache, ingest
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
+from .pressure import SpacePressureMixin
+from .reserve import SpaceReserve
 from .segments import SegmentWriter, next_ord
 
 _STORED = AppendResult(True)
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_FULL_ERRNOS = state.DISK_FULL_ERRNOS
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
 INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
@@ -40,7 +41,7 @@ RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
 
 
-class DiskStore(InspectionMixin):
+class DiskStore(SpacePressureMixin, InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
 
     def __init__(
@@ -86,9 +87,11 @@ class DiskStore(InspectionMixin):
         self._fsync = self.durability is Durability.FSYNC
         self._index_path = os.path.join(self.directory, "index.sqlite3")
         self._writer = SegmentWriter(self.segment_dir, fsync=self._fsync, max_segment_bytes=segment_bytes)
+        self._reserve = SpaceReserve(self.directory)
         self._closed = False
         self._init_process_state()
         self._db()  # fail early (StoreError) when the index cannot be opened
+        self._reserve.ensure()
 
     def __repr__(self) -> str:
         return f"DiskStore({self.directory!r}, durability={self.durability.value!r})"
@@ -103,7 +106,10 @@ class DiskStore(InspectionMixin):
         self._last_reclaim = time.monotonic()
         self._pressure_reclaim_at = 0.0
         self._db_failed_at = float("-inf")
-        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock)
+        self._pressure = False  # the disk is low: delivered events are not retained, reclaim runs early
+        self._space_checked_at = float("-inf")
+        self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock,
+                                 reserve=self._reserve)
         fork_guard.register(self)
         self._bodies = BodyReader(self.segment_dir)
         self._unindexed_memo: dict = {}
@@ -148,11 +154,7 @@ class DiskStore(InspectionMixin):
 
     def _rebuild_index(self, cause: Exception) -> sqlite3.Connection:
         """Set a damaged index aside and rebuild it from the segments (events return to pending)."""
-        stamp = f"{time.time_ns()}"
-        for suffix in ("", "-wal", "-shm"):
-            src = self._index_path + suffix
-            if os.path.exists(src):
-                os.replace(src, os.path.join(self.quarantine_dir, f"index.sqlite3{suffix}.{stamp}.bad"))
+        set_aside_index_files(self.directory, self.quarantine_dir, ".bad")  # with -journal: SQLite would replay it
         try:
             return state.open_index(self._index_path, fsync=self._fsync)
         except (sqlite3.Error, OSError) as e:
@@ -187,10 +189,14 @@ class DiskStore(InspectionMixin):
             result = self._when_full(len(record))
             if result is not None:
                 return result
+        if self._gauge.disk_low:
+            self._gauge.check_disk()  # only while low: writes resume as soon as the room is back
+            if self._gauge.disk_low:
+                return self._disk_full()
         try:
             self._writer.write(record)
         except OSError as e:
-            return self._drop("disk_full" if e.errno in _DISK_FULL_ERRNOS else "io_error")
+            return self._disk_full() if e.errno in _DISK_FULL_ERRNOS else self._drop("io_error")
         self._gauge.added(len(record))
         return _STORED
 
@@ -254,18 +260,6 @@ class DiskStore(InspectionMixin):
             self._flush_drops()
         return AppendResult(False, reason)
 
-    def _flush_drops(self) -> None:
-        self._drops_flushed_at = time.monotonic()
-        if not self._drops:
-            return
-        try:
-            conn = self._db()
-            with self._lock, state.Txn(conn):
-                state.add_dropped(conn, self._drops)
-            self._drops = {}
-        except (StoreError, sqlite3.Error):
-            pass  # disk full or read-only: keep counting in memory
-
     @property
     def _max_payload(self) -> int:
         return self.max_event_bytes + OVERHEAD + 2048
@@ -276,13 +270,18 @@ class DiskStore(InspectionMixin):
         """Start a new fencing epoch (call after winning the election); returns it."""
         self._check_pid()
         conn = self._db()
-        with self._lock, state.Txn(conn):
-            epoch = state.meta_value(conn, "epoch") + 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
-            self._direct.reset(epoch)
-            ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
-            state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
-        return epoch
+        self._check_space()
+
+        def start() -> int:
+            with self._lock, state.Txn(conn):
+                epoch = state.meta_value(conn, "epoch") + 1
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+                self._direct.reset(epoch)
+                ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
+                state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+            return epoch
+
+        return self._with_room(start)  # type: ignore[return-value]
 
     @translated
     def lease(self, max_events: int, max_bytes: int, *, epoch: int | None = None) -> list[StoredEvent]:
@@ -296,7 +295,9 @@ class DiskStore(InspectionMixin):
         if max_events < 1:
             return []
         conn = self._db()
+        self._check_space()
         now = self._clock()
+        low_water = 2 * max_events if self._pressure else max(INDEX_LOW_WATER, 2 * max_events)  # few rows when low
         with self._lock:
             if epoch is not None:
                 with state.Txn(conn):
@@ -308,9 +309,9 @@ class DiskStore(InspectionMixin):
                         if direct is not None:
                             return direct
             self._index_direct_leases(conn)
-            if state.counts(conn)[state.PENDING][0] < max(INDEX_LOW_WATER, 2 * max_events):
+            if state.counts(conn)[state.PENDING][0] < low_water:
                 ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, body_cache=self._body_cache,
-                       target_pending=max(INDEX_LOW_WATER, 2 * max_events))
+                       target_pending=low_water)
             with state.Txn(conn):
                 if epoch is not None:
                     state.check_epoch(conn, epoch, "lease")
@@ -375,7 +376,8 @@ class DiskStore(InspectionMixin):
         with self._lock, state.Txn(conn):
             state.check_epoch(conn, epoch, action)
             if ids and min(ids) < 0:  # direct leases
-                if action == "ack" and self._direct.try_ack(conn, ids, done_at=params[0], retain=self._retains_delivered):
+                retain = self._retains_delivered and not self._pressure  # a low disk keeps no delivered rows
+                if action == "ack" and self._direct.try_ack(conn, ids, done_at=params[0], retain=retain):
                     return len(ids)
                 if self._direct.active:
                     self._direct.materialize(conn)
@@ -386,7 +388,9 @@ class DiskStore(InspectionMixin):
     def ack(self, refs: Iterable[object], *, epoch: int) -> None:
         """Mark leased events delivered (2xx seen); they are retained for replay, then reclaimed."""
         self._fenced_move(refs, epoch, "ack", (state.IN_FLIGHT, state.PENDING), state.DELIVERED, ", done_at = ?, lease_until = NULL", (self._clock(),))
-        if time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
+        if self._pressure:  # a low disk: forget them now and unlink what that settles (no WAL truncation here)
+            self._reclaim_locked(self._clock(), pressure=True, checkpoint=False)
+        elif time.monotonic() - self._last_reclaim > RECLAIM_INTERVAL:
             self.reclaim()
 
     @translated

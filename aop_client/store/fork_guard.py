@@ -45,6 +45,11 @@ os.register_at_fork(before=_quiesce_before_fork, after_in_parent=_resume_after_f
                     after_in_child=_forget_after_fork_in_child)
 
 
+def live_stores() -> list:
+    """The stores registered in this process (and not yet garbage)."""
+    return list(_LIVE_STORES)
+
+
 def register(store: Any) -> None:
     """Hold this store's lock across every future fork of this process."""
     _LIVE_STORES.add(store)

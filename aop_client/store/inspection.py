@@ -155,7 +155,7 @@ class InspectionMixin:
         self._check_pid()
         return self._reclaim_locked(self._clock() if now is None else now, pressure=False)
 
-    def _reclaim_locked(self, now: float, *, pressure: bool) -> int:
+    def _reclaim_locked(self, now: float, *, pressure: bool, checkpoint: bool | None = None) -> int:
         self._last_reclaim = time.monotonic()
         conn = self._db()
         with self._lock:
@@ -163,6 +163,7 @@ class InspectionMixin:
             return reclaim_space(
                 conn, self.segment_dir, now=now, retention_seconds=self.retention_seconds,
                 retention_bytes=0 if pressure else self.retention_bytes,
+                checkpoint=pressure if checkpoint is None else checkpoint,
             )
 
     @translated

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 import time
 
@@ -38,6 +39,96 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def owned_file(st: os.stat_result, owner: int | None = None) -> bool:
     """True for a regular file of ``owner`` (default: the current euid): the only files the store reads."""
     return stat.S_ISREG(st.st_mode) and st.st_uid == (os.geteuid() if owner is None else owner)
+
+
+class NotOwnedError(StoreError):
+    """The file at a spool path is not a regular file of the expected owner (a FIFO, a device, another uid's)."""
+
+    def __init__(self, path: str, st: os.stat_result, owner: int) -> None:
+        super().__init__(f"refusing {describe(path, st)}: only a regular file of uid {owner} is used; "
+                         f"remove it (`rm {path}`)")
+        self.path, self.owner, self.st_uid, self.st_mode = path, owner, st.st_uid, st.st_mode
+
+
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a planted FIFO never hangs us
+
+
+def open_owned(path: str, flags: int = os.O_RDONLY, *, owner: int | None = None, mode: int = 0o600) -> int:
+    """Open a spool file (never following a link, never blocking on a FIFO) and check it on the descriptor.
+
+    The one open of every spool file that is read or locked: raises what ``os.open``
+    raises (FileNotFoundError when missing, ELOOP for a symlink) and
+    :class:`NotOwnedError` unless the descriptor is a regular file of ``owner``
+    (default: the current euid).
+    """
+    fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    try:
+        st = os.fstat(fd)
+        expected = os.geteuid() if owner is None else owner
+        if not owned_file(st, expected):
+            raise NotOwnedError(path, st, expected)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_owned_file(path: str, *, owner: int | None = None, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of ``owner`` (to EOF, even if it grows meanwhile, or up to ``limit``).
+
+    Raises as :func:`open_owned` does; callers decide what a missing or foreign file means.
+    """
+    fd = open_owned(path, owner=owner)
+    try:
+        parts, got = [], 0
+        while limit is None or got < limit:
+            part = os.pread(fd, (1 << 20) if limit is None else limit - got, got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def write_private_file(directory: str, name: str, data: bytes, *, fsync: bool = False,
+                       exclusive: bool = False) -> bool:
+    """Put ``data`` at ``directory/name`` atomically: a fresh 0600 temporary file (O_EXCL, O_NOFOLLOW) renamed in.
+
+    The rename replaces a planted link, never writes through it. With ``exclusive`` the
+    file is only created (a hard link of the temporary file): False when it exists
+    already. With ``fsync`` the data and the directory entry reach the disk first.
+    """
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = os.path.join(directory, name)
+        if not exclusive:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    if fsync:
+        dfd = os.open(directory, _DIR_FLAGS)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return True
 
 
 def describe(path: str, st: os.stat_result) -> str:
@@ -119,9 +210,9 @@ def _check_ancestors(path: str) -> None:
         head = parent
 
 
-def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
+def _subdir(root_fd: int, root: str, name: str, read_only: bool, create: bool = True) -> str:
     path = os.path.join(root, name)
-    if not read_only:
+    if create and not read_only:
         try:
             os.mkdir(name, 0o700, dir_fd=root_fd)
         except FileExistsError:
@@ -129,7 +220,7 @@ def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
     try:
         fd = _open_dir(name, path, root_fd)
     except FileNotFoundError:
-        if read_only:
+        if read_only or not create:
             return path  # inspection of a spool without it: nothing to read there
         raise
     try:
@@ -139,7 +230,7 @@ def _subdir(root_fd: int, root: str, name: str, read_only: bool) -> str:
     return path
 
 
-def _open_root(directory: str | os.PathLike, read_only: bool) -> tuple[str, int]:
+def _open_root(directory: str | os.PathLike, read_only: bool, create: bool = True) -> tuple[str, int]:
     """(absolute path, checked O_NOFOLLOW descriptor) of a spool root, created 0700 with its parents when missing."""
     try:
         path = os.path.abspath(os.fspath(directory))
@@ -149,7 +240,7 @@ def _open_root(directory: str | os.PathLike, read_only: bool) -> tuple[str, int]
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            if read_only:
+            if read_only or not create:
                 raise StoreError(f"store directory {path!r} does not exist") from None
             _make_parents_private(path)
             st = os.lstat(path)
@@ -184,19 +275,23 @@ def ensure_private_directory(directory: str | os.PathLike) -> str:
     return path
 
 
-def prepare_directory(directory: str | os.PathLike, *, read_only: bool = False) -> tuple[str, str, str]:
+def prepare_directory(directory: str | os.PathLike, *, read_only: bool = False,
+                      must_exist: bool = False) -> tuple[str, str, str]:
     """Create (0700) or check the store directory; returns (root, segments dir, quarantine dir).
 
     Refuses (StoreError naming the path, owner, mode and what to do) any
     directory of the spool that another uid owns or that group/others may
     write, a symlinked directory whose link or target is another user's, and
     any path that is not a directory. With ``read_only`` nothing is created or
-    changed and any owner is accepted (root's inspection of a worker's spool).
+    changed and any owner is accepted (root's inspection of a worker's spool). With
+    ``must_exist`` every check is made but nothing is created: a missing spool is a
+    StoreError, missing subdirectories stay missing (a spool another process may be
+    renaming away must not be re-created behind it).
     """
-    path, root_fd = _open_root(directory, read_only)
+    path, root_fd = _open_root(directory, read_only, not must_exist)
     try:
-        segments = _subdir(root_fd, path, "segments", read_only)
-        quarantine = _subdir(root_fd, path, "quarantine", read_only)
+        segments = _subdir(root_fd, path, "segments", read_only, not must_exist)
+        quarantine = _subdir(root_fd, path, "quarantine", read_only, not must_exist)
     except StoreError:
         raise
     except OSError as e:
@@ -206,29 +301,55 @@ def prepare_directory(directory: str | os.PathLike, *, read_only: bool = False) 
     return path, segments, quarantine
 
 
+def index_files(directory: str, suffixes: tuple[str, ...] = INDEX_SUFFIXES) -> list[tuple[str, str, os.stat_result]]:
+    """(suffix, path, lstat) of each file of the index present in ``directory`` (the one list of them)."""
+    found = []
+    for suffix in suffixes:
+        path = os.path.join(directory, INDEX_NAME + suffix)
+        try:
+            found.append((suffix, path, os.lstat(path)))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def set_aside_index_files(directory: str, quarantine_dir: str, tag: str,
+                          suffixes: tuple[str, ...] = INDEX_SUFFIXES) -> list[str]:
+    """Move the index files with these suffixes to ``quarantine/index.sqlite3<suffix>.<ns><tag>``; their suffixes."""
+    stamp = time.time_ns()
+    moved = []
+    for suffix, path, _st in index_files(directory, suffixes):
+        try:
+            os.replace(path, os.path.join(quarantine_dir, f"{INDEX_NAME}{suffix}.{stamp}{tag}"))
+        except FileNotFoundError:
+            continue
+        moved.append(suffix)
+    return moved
+
+
 def secure_index_files(directory: str, quarantine_dir: str) -> int:
     """Check the files SQLite will open for the index before it opens them; returns how many were set aside.
 
     A symlink (or anything not a regular file) at any of their names is refused
-    with StoreError: SQLite would read and write through it. When any of them
-    belongs to another uid, the whole set is moved to ``quarantine/`` (named
-    ``*.foreign``, never read) and the index is rebuilt from our own segments.
+    with StoreError: SQLite would read and write through it. Files that belong to
+    another uid are moved to ``quarantine/`` (named ``*.foreign``, never read):
+    only those (and ``-shm``, which describes the ``-wal``) when the main index
+    is ours, all of them when the main index is someone else's (it is then
+    rebuilt from our own segments).
     """
     me = os.geteuid()
-    found = []
-    for suffix in INDEX_SUFFIXES:
-        path = os.path.join(directory, INDEX_NAME + suffix)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
+    foreign = set()
+    for suffix, path, st in index_files(directory):
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(f"refusing index {describe(path, st)}: SQLite would follow it; "
                              f"remove it (`rm {path}`) and open the store again")
-        found.append((suffix, path, st.st_uid != me))
-    if not any(foreign for *_, foreign in found):
+        if st.st_uid != me:
+            foreign.add(suffix)
+    if not foreign:
         return 0
-    stamp = time.time_ns()
-    for suffix, path, _foreign in found:
-        os.replace(path, os.path.join(quarantine_dir, f"{INDEX_NAME}{suffix}.{stamp}{FOREIGN_SUFFIX}"))
-    return sum(1 for *_, foreign in found if foreign)
+    if "" in foreign:
+        set_aside_index_files(directory, quarantine_dir, FOREIGN_SUFFIX)
+    else:
+        set_aside_index_files(directory, quarantine_dir, FOREIGN_SUFFIX,
+                              tuple(s for s in INDEX_SUFFIXES if s in foreign or s == "-shm"))
+    return len(foreign)

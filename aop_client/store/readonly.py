@@ -31,9 +31,8 @@ from . import state
 from .direct_lease import DirectLeases
 from .disk_store import DiskStore
 from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
-from .layout import INDEX_NAME, describe, owned_file, prepare_directory
+from .layout import INDEX_NAME, NotOwnedError, describe, prepare_directory, read_owned_file
 
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a planted FIFO never hangs us
 _WAL_HEADER = 32
 _ATTEMPTS = 20
 _FOREIGN = object()
@@ -42,30 +41,15 @@ _FOREIGN = object()
 def _read_file(path: str, owner: int, limit: int | None = None) -> bytes | object | None:
     """The bytes of a regular file of ``owner`` (None when missing, _FOREIGN when someone else's)."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        return read_owned_file(path, owner=owner, limit=limit)
     except FileNotFoundError:
         return None
+    except NotOwnedError:
+        return _FOREIGN
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise StoreError(f"refusing index {describe(path, os.lstat(path))}: not followed") from None
         raise
-    try:
-        st = os.fstat(fd)
-        if not owned_file(st, owner):
-            return _FOREIGN
-        size = st.st_size if limit is None else min(limit, st.st_size)
-        parts, got = [], 0
-        while True:  # the file may grow while we read: read to EOF (or the limit)
-            part = os.pread(fd, max(1 << 20, size - got) if limit is None else limit - got, got)
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
-            if limit is not None and got >= limit:
-                break
-        return b"".join(parts)
-    finally:
-        os.close(fd)
 
 
 def snapshot_index(index_path: str, into: str, owner: int) -> sqlite3.Connection:

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 
-from .layout import owned_file
+from .layout import NotOwnedError, open_owned, owned_file
 
 SEGMENT_SUFFIX = ".seg"
 _last_ord = 0
@@ -161,6 +161,33 @@ class SegmentWriter:
                     cond.notify_all()
                 self._synced = max(self._synced, target)
 
+    def seal(self) -> None:
+        """Close a non-empty current segment so it is sealed (reclaim may unlink it once settled).
+
+        Called when a write met a full disk: a segment held open by its writer
+        can never be unlinked, so the space it holds would stay taken after its
+        events are delivered. The next write starts a new segment.
+        """
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            if self._fd is None or self._size == 0:
+                return
+            with self._sync_cond:
+                while self._syncing:  # a group-commit leader uses the fd outside self._lock
+                    self._sync_cond.wait()
+                fds, self._fd, self._retired = [*self._retired, self._fd], None, []
+                if self.fsync:
+                    for fd in fds:
+                        try:
+                            os.fdatasync(fd)
+                        except OSError:
+                            pass
+                    self._synced = self._written
+                    self._sync_cond.notify_all()
+            for fd in fds:
+                os.close(fd)
+
     def close(self) -> None:
         """Close the segment (which seals it); safe to call twice."""
         if self._pid != os.getpid():
@@ -205,18 +232,21 @@ def list_segments(segment_dir: str, *, owner: int | None = None, foreign: list |
 
 
 def open_segment(path: str, owner: int | None = None) -> int:
-    """Open a segment for reading (O_NOFOLLOW); FileNotFoundError unless it is a regular file of ours."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    if not owned_file(os.fstat(fd), owner):
-        os.close(fd)
-        raise FileNotFoundError(errno.ENOENT, "not a segment file of ours (ignored)", path)
-    return fd
+    """Open a segment for reading (layout.open_owned); FileNotFoundError unless it is a regular file of ours.
 
-
-def is_sealed(path: str) -> bool:
-    """True when no writer holds the segment's flock (it will never grow again)."""
+    The one open of a segment by path (readers, the seal probe, read_at): no link is
+    followed, a FIFO swapped in never blocks, a file of another uid is never read.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return open_owned(path, owner=owner)
+    except NotOwnedError:
+        raise FileNotFoundError(errno.ENOENT, "not a segment file of ours (ignored)", path) from None
+
+
+def is_sealed(path: str, owner: int | None = None) -> bool:
+    """True when no writer holds the segment's flock (it will never grow again); True for a missing or foreign one."""
+    try:
+        fd = open_segment(path, owner)
     except FileNotFoundError:
         return True
     try:
@@ -229,8 +259,8 @@ def is_sealed(path: str) -> bool:
 
 
 def read_at(path: str, offset: int, length: int) -> bytes:
-    """Read up to length bytes of a segment at offset."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    """Read up to length bytes of a segment at offset (FileNotFoundError when gone or not ours)."""
+    fd = open_segment(path)
     try:
         return os.pread(fd, length, offset)
     finally:

@@ -10,9 +10,11 @@ fencing check and the change it guards are in the same transaction.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import time
 import zlib
 from typing import Iterable, Sequence
 
@@ -20,6 +22,9 @@ from ..errors import FencedError, StoreError
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
+DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+WAL_PAGES = 4096  # WAL pages before an automatic checkpoint: fewer checkpoint fsyncs on the drain path
+WAL_PAGES_LOW = 16  # under disk pressure: the WAL restarts from its start instead of growing
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -56,10 +61,10 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     os.close(fd)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA journal_mode=WAL")
+    _set_wal(conn)
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA cache_size=-8000")
-    conn.execute("PRAGMA wal_autocheckpoint=4096")  # fewer checkpoint fsyncs on the drain path
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 1 and "indexed_total" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)")}:
         with Txn(conn):  # stores created before the column existed
@@ -80,6 +85,26 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     return conn
 
 
+def _set_wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+    """PRAGMA journal_mode=WAL, waiting (like busy_timeout) while another process holds the database.
+
+    SQLite answers "database is locked" at once, without its busy handler, when another
+    process opens the index as this one does, or checkpoints it on closing its last
+    connection (a worker exiting while another starts): retried, with a short growing pause.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # a retry pause of the open itself, not a synchronisation
+        pause = min(pause * 2, 0.05)
+
+
 class Txn:
     """A BEGIN IMMEDIATE ... COMMIT block (rolled back on error)."""
 
@@ -92,9 +117,35 @@ class Txn:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # a failed COMMIT (SQLITE_FULL) must not leave the write lock held
+                raise
         else:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        """Roll back if SQLite has not already (it may, after SQLITE_FULL); the original error wins."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True when error (or what caused it) is SQLITE_FULL or ENOSPC/EDQUOT/EFBIG."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, sqlite3.Error) and (
+                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(error)):
+            return True
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def check_epoch(conn: sqlite3.Connection, epoch: int, action: str) -> None:

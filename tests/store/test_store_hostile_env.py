@@ -26,15 +26,9 @@ def _drain(store: DiskStore) -> list[str]:
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
+def tiny_fs(mount_tmpfs):
     """A 256 KiB tmpfs mounted for the test (we run as root, here and in CI) and unmounted after."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    return mount_tmpfs("256k")
 
 
 def test_disk_full_is_a_counted_drop_and_never_corrupts(tiny_fs) -> None:
