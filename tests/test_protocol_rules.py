@@ -124,6 +124,7 @@ def test_builder_signing_store_collector_and_replay_use_the_protocol_rules() -> 
     """Each part imports its rules from aop_client.protocol; emit's check IS the protocol's."""
     assert {"check_envelope", "EVENT_TYPES", "MAX_SEQ", "is_uuid", "parse_timestamp"} <= imports_from_protocol("events.py")
     assert events_module.validate_envelope is check_envelope
+    assert {"check_envelope", "is_uuid"} <= imports_from_protocol("trace_builder.py")
     assert {"envelope_refusal", "well_formed_envelope", "EVENT_TYPES", "MAX_SEQ"} <= \
         imports_from_protocol("collector/protocol.py")
     assert collector_protocol.EVENT_TYPES is protocol.EVENT_TYPES
@@ -214,3 +215,18 @@ def test_the_fast_envelope_check_agrees_with_the_reference(event: dict) -> None:
     if well_formed_envelope(event):
         assert reference is None
     assert envelope_refusal(event) == reference
+
+
+def test_the_protocol_package_imports_only_errors_of_aop_client() -> None:
+    """Import direction errors <- protocol <- the rest: the protocol imports no other part of aop_client."""
+    found = []
+    for path in sorted(PROTOCOL.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                inside = node.level == 1  # from .json_values import ...
+                if not inside and node.module != "errors":
+                    found.append((path.name, node.module))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found.extend((path.name, n) for n in names if n.split(".")[0] == "aop_client")
+    assert found == []
