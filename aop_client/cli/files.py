@@ -70,15 +70,16 @@ def load_events(path: str) -> list[dict]:
     return value
 
 
-def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
+def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+    """``(event_id, body)`` lists within the batch bounds (the events' envelopes were checked)."""
+    batch: list[tuple[str, bytes]] = []
     size = 0
     for event in events:
         body = orjson.dumps(event)
         if batch and (len(batch) >= max_events or size + len(body) > max_bytes):
             yield batch
             batch, size = [], 0
-        batch.append(body)
+        batch.append((event["event_id"], body))
         size += len(body) + 1
     if batch:
         yield batch
@@ -86,7 +87,7 @@ def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterato
 
 @dataclass
 class _Totals:
-    """What a replay did: the JSON it prints (``undelivered`` only reaches the error line)."""
+    """What a replay did, as ``--json`` prints it."""
 
     files: int
     events: int = 0
@@ -114,7 +115,7 @@ def _sendable(events: Sequence[dict], totals: _Totals) -> list[dict]:
     return good
 
 
-def _deliver(transport: HttpTransport, bodies: list[bytes], policy: RetryPolicy, rng: random.Random,
+def _deliver(transport: HttpTransport, batch: list[tuple[str, bytes]], policy: RetryPolicy, rng: random.Random,
              totals: _Totals) -> None:
     """Deliver one batch as the flusher does: ``classify`` judges each answer, ``next_step`` says what follows.
 
@@ -123,8 +124,8 @@ def _deliver(transport: HttpTransport, bodies: list[bytes], policy: RetryPolicy,
     dead letters in ``totals.rejected``. A pause (401/403, 1xx/3xx) or a batch that
     used up its retries raises CliError (exit 3): waiting longer is the flusher's job.
     """
-    ids = tuple(str(orjson.loads(body)["event_id"]) for body in bodies)  # _sendable checked every event_id
-    queue: list[tuple[BatchAttempt, list[bytes]]] = [(BatchAttempt(str(uuid.uuid4()), ids), bodies)]
+    ids = tuple(event_id for event_id, _ in batch)
+    queue: list[tuple[BatchAttempt, list[bytes]]] = [(BatchAttempt(str(uuid.uuid4()), ids), [b for _, b in batch])]
     while queue:
         attempt, part = queue.pop(0)
         body = build_batch_body(attempt.batch_id, part)
@@ -186,8 +187,8 @@ def replay(files: tuple[str, ...], to_url: Optional[str], api_key: Optional[str]
     try:
         for _path, events in loaded:
             totals.events += len(events)
-            for bodies in _batches(_sendable(events, totals), config.batch_size, config.max_batch_bytes):
-                _deliver(transport, bodies, policy, rng, totals)
+            for batch in _batches(_sendable(events, totals), config.batch_size, config.max_batch_bytes):
+                _deliver(transport, batch, policy, rng, totals)
     finally:
         transport.close()
     if as_json:
