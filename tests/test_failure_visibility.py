@@ -175,7 +175,7 @@ def test_get_stats_has_the_same_keys_when_the_store_fails(tmp_path: Path, aop_co
 
 
 def test_a_failing_store_is_reported_once_not_on_every_attempt(caplog: Any) -> None:
-    """begin_epoch failing 10 times a second (e.g. a full disk): one WARNING with the spool hint, not one per try."""
+    """begin_epoch failing again and again (e.g. a full disk): one WARNING with the spool hint, not one per try."""
     from aop_client.errors import StoreError
     from aop_client.flusher import Flusher
     from test_flusher_fakes import MemoryStore, ScriptedTransport, SoloElection, event_body
@@ -192,8 +192,8 @@ def test_a_failing_store_is_reported_once_not_on_every_attempt(caplog: Any) -> N
     event_id, body = event_body(1)
     store.append(event_id, "run-1", 1, body)  # something pending: the one-shot drain keeps trying
     flusher = Flusher(store, ScriptedTransport(), SoloElection(), election_poll=0.01)
-    assert flusher.flush(timeout=1.0) is False
-    assert FullStore.tries >= 10
+    assert flusher.flush(timeout=2.0) is False
+    assert FullStore.tries >= 3  # retried (with backoff: 0.1 s doubling), reported once
     warnings = our_records(caplog, logging.WARNING)
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "store failing: could not start epoch: StoreError" in warnings[0].getMessage()

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import click
 import orjson
 
+from ..errors import StoreError
+
 from ._common import (
     EXIT_SERVER,
     EXIT_UNDELIVERED,
@@ -25,11 +27,34 @@ from ._common import (
 __all__ = ["status", "flush", "dead_letters", "status_report"]
 
 
-def status_report(store: Any, holder: Optional[dict]) -> dict:
-    """The status document of one store (pure apart from reading the store's stats and last error)."""
-    from ..delivery_report import read_last_error
+def _damage_text(damage: dict) -> str:
+    if damage.get("error"):
+        return f"damaged index, not repaired yet: {damage['error']}"
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(damage["rebuilt_at"]))
+    return (f"damaged: index rebuilt at {at}, {damage['events_recovered']} events recovered "
+            f"({damage['rebuilds']} rebuild(s); the damaged copy is in quarantine/)")
 
-    st = store.stats()
+
+def status_report(store: Any, holder: Optional[dict]) -> dict:
+    """The status document of one store (pure apart from reading the store's stats and last error).
+
+    A damaged index is repaired by the read itself (the store rebuilds it);
+    damage that cannot be repaired now is reported, with null counts, not raised.
+    """
+    from ..delivery_report import read_last_error
+    from ..store.boundary import damage_of
+
+    flusher = holder if holder and holder.get("alive") else None
+    try:
+        st = store.stats()  # meets (and repairs) damage, so index_damage() below tells of it
+        damage = store.index_damage() if hasattr(store, "index_damage") else None
+    except StoreError as e:
+        if damage_of(e) is None:
+            raise
+        return {"spool": str(store.directory), "flusher": flusher,
+                "last_error": read_last_error(str(store.directory)),
+                "read_only": bool(getattr(store, "read_only", False)),
+                "index_damage": {"rebuilds": None, "rebuilt_at": None, "events_recovered": None, "error": str(e)}}
     return {
         "spool": str(store.directory),
         "pending": st.pending,
@@ -42,9 +67,10 @@ def status_report(store: Any, holder: Optional[dict]) -> dict:
         "dropped": dict(st.dropped),
         "bytes_on_disk": st.bytes_on_disk,
         "oldest_pending_age_s": st.oldest_pending_age,
-        "flusher": holder if holder and holder.get("alive") else None,
+        "flusher": flusher,
         "last_error": read_last_error(str(store.directory)),
         "read_only": bool(getattr(store, "read_only", False)),  # root's inspection of another user's spool
+        "index_damage": damage,
     }
 
 
@@ -98,6 +124,13 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
 
     view = " (read-only inspection)" if report["read_only"] else ""
     table = Table(title=f"aop spool {report['spool']}{view}", show_header=False)
+    damage = report["index_damage"]
+    if "pending" not in report:
+        table.add_row("index", _damage_text(damage))
+        table.add_row("current flusher", _flusher_text(report["flusher"]))
+        table.add_row("last error", _last_error_text(report["last_error"]))
+        Console().print(table)
+        return
     age = report["oldest_pending_age_s"]
     rows = [
         ("pending", report["pending"]), ("in flight", report["in_flight"]),
@@ -109,6 +142,8 @@ def status(spool: Optional[str], base_url: Optional[str], api_key: Optional[str]
         ("current flusher", _flusher_text(report["flusher"])),
         ("last error", _last_error_text(report["last_error"])),
     ]
+    if damage is not None:
+        rows.append(("index", _damage_text(damage)))
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)

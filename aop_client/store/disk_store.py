@@ -20,12 +20,14 @@ from ..protocol import MAX_SEQ
 from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
-from .boundary import translated
+from . import repair
+from .repair import IndexRepair
+from .boundary import DISK_FULL_ERRNOS, IndexDamage, damage_seen, translated
 from .direct_lease import DirectLeases
 from .bounds import UsageGauge
 from .inspection import FOREIGN_INDEX_COUNTER, InspectionMixin
-from .layout import prepare_directory, secure_index_files, set_aside_index_files
-from .ingest import BodyCache, ingest
+from .layout import prepare_directory, secure_index_files
+from .ingest import BodyCache, ingest, save_quarantined
 from .reader import BodyReader
 from .records import OVERHEAD, encode_record
 from .pressure import SpacePressureMixin
@@ -33,7 +35,7 @@ from .reserve import SpaceReserve
 from .segments import SegmentWriter, next_ord
 
 _STORED = AppendResult(True)
-_DISK_FULL_ERRNOS = state.DISK_FULL_ERRNOS
+_DISK_FULL_ERRNOS = DISK_FULL_ERRNOS
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []  # inherited across fork: never closed in the child
 INDEX_LOW_WATER = 4_000
 DIRECT_CHUNK = 256 * 1024  # bytes a direct lease decodes per segment read: no long decode bursts
@@ -41,7 +43,7 @@ RECLAIM_INTERVAL = 5.0
 DROP_FLUSH_INTERVAL = 0.5
 
 
-class DiskStore(SpacePressureMixin, InspectionMixin):
+class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
     """The durable store of aop_client; implements aop_client.store.api.Store."""
 
     def __init__(
@@ -108,10 +110,13 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
         self._db_failed_at = float("-inf")
         self._pressure = False  # the disk is low: delivered events are not retained, reclaim runs early
         self._space_checked_at = float("-inf")
+        self._rebuilt_at = float("-inf")  # monotonic time of this handle's last index rebuild
+        self._index_id: tuple[int, int] | None = None  # the index file our connection opened
+        self._index_gen: int | None = None  # its rebuild count when we last looked
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock,
                                  reserve=self._reserve)
         fork_guard.register(self)
-        self._bodies = BodyReader(self.segment_dir)
+        self._bodies = BodyReader(self.segment_dir, max_record=self._max_payload + OVERHEAD)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
         self._direct = DirectLeases(self.segment_dir, chunk=DIRECT_CHUNK)  # fenced leases taken past the index cursors
@@ -138,27 +143,23 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
         """Open the index connection once per process (caller holds self._lock)."""
         conn = self._conn
         if conn is None:
+            seen, conn = repair.file_id(self._index_path), None
             try:
                 foreign = secure_index_files(self.directory, self.quarantine_dir)  # before SQLite opens them
-                conn = self._conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = state.open_index(self._index_path, fsync=self._fsync)
+                self._index_gen = state.meta_value(conn, "rebuilds")
                 if foreign:
                     with state.Txn(conn):
                         state.add_counter(conn, FOREIGN_INDEX_COUNTER, foreign)
-            except sqlite3.DatabaseError as e:
-                if not _is_corruption(e):
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+                if not damage_seen(self, e):
                     raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
-                conn = self._conn = self._rebuild_index(e)
+                self._conn, self._index_id = conn, seen
+                return self._repair_index(e)
             except (sqlite3.Error, OSError) as e:
                 raise StoreError(f"cannot open store index {self._index_path!r}: {e}") from e
+            self._conn, self._index_id = conn, repair.file_id(self._index_path)
         return conn
-
-    def _rebuild_index(self, cause: Exception) -> sqlite3.Connection:
-        """Set a damaged index aside and rebuild it from the segments (events return to pending)."""
-        set_aside_index_files(self.directory, self.quarantine_dir, ".bad")  # with -journal: SQLite would replay it
-        try:
-            return state.open_index(self._index_path, fsync=self._fsync)
-        except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
 
     # -- emitting side --------------------------------------------------------------------
     def append(self, event_id: str, run_id: str, seq: int, body: bytes) -> AppendResult:
@@ -225,7 +226,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
                     if self._gauge.has_room(record_len, conn, force=True):
                         return None
             elif self.full_policy is FullPolicy.DROP_OLDEST and conn is not None:
-                if self._evict_oldest(conn):
+                if self._evict_oldest():
                     self._gauge.removed(1)
                     return None
             if self.full_policy is FullPolicy.BLOCK:
@@ -238,8 +239,10 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
             pass  # cannot make room (e.g. disk full): fall through to a counted drop
         return self._drop("full")
 
-    def _evict_oldest(self, conn: sqlite3.Connection) -> bool:
+    @translated
+    def _evict_oldest(self) -> bool:
         """Delete the oldest pending event to make room; counted under dropped['evicted']."""
+        conn = self._db()
         with self._lock:
             self._index_direct_leases(conn)
             ingest(conn, self.segment_dir, self.quarantine_dir, max_payload=self._max_payload, target_pending=1)
@@ -278,7 +281,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
                 self._direct.reset(epoch)
                 ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1")]
-                state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+                state.move(conn, ids, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL", selected=True)
             return epoch
 
         return self._with_room(start)  # type: ignore[return-value]
@@ -319,19 +322,25 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
                 rows = conn.execute(
                     f"SELECT {state.EVENT_COLUMNS}, ord FROM events WHERE state = 0 ORDER BY ord, id LIMIT ?", (max_events,)
                 ).fetchall()
+                if len(rows) < min(max_events, state.counts(conn)[state.PENDING][0]):
+                    raise IndexDamage(f"index inconsistent: the state index finds {len(rows)} pending events, "
+                                      f"the counts say {state.counts(conn)[state.PENDING][0]}")
                 picked, total = [], 0
                 for row in rows:
+                    if type(row[8]) is not int:
+                        raise IndexDamage(f"index row {row[0]!r} has body_len {row[8]!r}: database disk image is malformed")
                     if picked and total + row[8] > max_bytes:
                         break
                     picked.append(row)
                     total += row[8]
                 if picked:
+                    state.check_pending(conn, [r[0] for r in picked])
                     state.lease_prefix(conn, picked[-1][-1], picked[-1][0], len(picked), total, now + self.lease_timeout)
             return self._materialize(conn, picked)
 
     def _expire_leases(self, conn: sqlite3.Connection, now: float) -> None:
         expired = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 1 AND lease_until < ?", (now,))]
-        state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL")
+        state.move(conn, expired, (state.IN_FLIGHT,), state.PENDING, ", lease_until = NULL", selected=True)
 
     def _index_direct_leases(self, conn: sqlite3.Connection) -> None:
         """Before this process indexes anything: outstanding direct leases get their rows (or are dropped when deposed)."""
@@ -350,10 +359,13 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
 
     def _materialize(self, conn: sqlite3.Connection, rows: list) -> list[StoredEvent]:
         """Read and verify bodies; damaged records are quarantined and left out."""
-        out, damaged = [], []
+        out, damaged, segments = [], [], {}
         for row, body in zip(rows, self._bodies.read_many(conn, rows, self._body_cache)):
             if body is None:
                 damaged.append(row[0])
+                found = self._bodies.recheck(conn, row, segments)  # IndexDamage when the row, not the segment, is wrong
+                if found is not None:
+                    save_quarantined(self.quarantine_dir, found[0], row[2], found[1])
             else:
                 out.append(StoredEvent(row[0], row[4], row[5], row[6], body, row[7]))
         if damaged:
@@ -415,7 +427,7 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
         conn = self._db()
         with self._lock, state.Txn(conn):
             ids = [r[0] for r in conn.execute("SELECT id FROM events WHERE state = 4")]
-            return state.move(conn, ids, (state.FALLBACK,), state.PENDING)
+            return state.move(conn, ids, (state.FALLBACK,), state.PENDING, selected=True)
 
     def close(self) -> None:
         """Release file handles; safe to call twice."""
@@ -436,8 +448,3 @@ class DiskStore(SpacePressureMixin, InspectionMixin):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _is_corruption(error: sqlite3.Error) -> bool:
-    """True for SQLite errors that mean the index file is damaged (not busy/locked/read-only)."""
-    text = str(error).lower()
-    return "malformed" in text or "not a database" in text or "corrupt" in text

@@ -58,7 +58,12 @@ class BodyCache:
 
 
 def save_quarantined(quarantine_dir: str, segment: str, offset: int, data: bytes) -> None:
-    """Best-effort copy of damaged bytes for forensics (0600, O_EXCL: never truncates or writes through anything there)."""
+    """Best-effort copy of damaged bytes to ``quarantine/<segment>.<offset>.bad`` (0600, O_EXCL: never
+    truncates or writes through anything there; failures ignored).
+
+    The one writer of those copies: damage found by ingest, by a direct lease's
+    scan (which leaves it to ingest) and by the re-check of a body at lease.
+    """
     try:
         path = os.path.join(quarantine_dir, f"{segment}.{offset}.bad")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)

@@ -139,7 +139,7 @@ class InspectionMixin:
         conn = self._db()
         with self._lock, state.Txn(conn):
             ids = [r[0] for r in self._dead_rows(conn, event_ids)]
-            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL")
+            return state.move(conn, ids, (state.DEAD,), state.PENDING, ", reason = NULL, done_at = NULL", selected=True)
 
     @translated
     def purge_dead_letters(self, event_ids: Sequence[str] | None = None) -> int:
@@ -165,6 +165,14 @@ class InspectionMixin:
                 retention_bytes=0 if pressure else self.retention_bytes,
                 checkpoint=pressure if checkpoint is None else checkpoint,
             )
+
+    @translated
+    def index_damage(self) -> dict | None:
+        """The index's last rebuild after damage ({rebuilds, rebuilt_at, events_recovered}), or None if never."""
+        self._check_pid()
+        conn = self._db()
+        with self._lock:
+            return state.rebuild_record(conn)
 
     @translated
     def stats(self, now: float | None = None) -> StoreStats:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from ..errors import StoreError
 from . import fork_guard, state
 from .api import AppendResult
+from .boundary import is_disk_full
 
 SPACE_CHECK_INTERVAL = 1.0  # the flusher side looks at free space (statvfs) at most this often
 
@@ -70,7 +71,7 @@ class SpacePressureMixin:
         try:
             return fn()
         except (StoreError, sqlite3.Error, OSError) as e:
-            if not state.is_disk_full(e) or not self._reserve.release():
+            if not is_disk_full(e) or not self._reserve.release():
                 raise
             self._set_pressure(True)
             return fn()

@@ -13,7 +13,8 @@ therefore creates, chmods, locks and writes nothing under the directory:
   file, so a checkpoint that restarted the log in between is seen and the read
   retried; a torn last frame is ignored by SQLite's own WAL checksums;
 * segment files count only when the spool's owner owns them (``owner_uid``);
-* every public method of DiskStore but ``stats()`` and ``close()`` raises :class:`StoreError`.
+* every public method of DiskStore but ``stats()``, ``index_damage()`` and ``close()`` raises
+  :class:`StoreError`; damage met in the private copy is reported, never repaired.
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class ReadOnlyStore(InspectionMixin):
     def _flush_drops(self) -> None:
         pass  # never drops anything: nothing to write
 
+    def _repair_index(self, cause: BaseException) -> sqlite3.Connection:
+        """Damage in the private copy is reported, never repaired: a repair would write into the spool."""
+        raise StoreError(f"store {self.directory!r}: the index is damaged ({cause}); read-only inspection "
+                         "does not repair it (the spool's owner repairs it on its next open)") from cause
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError(f"store {self.directory!r} is closed")
@@ -147,7 +153,7 @@ class ReadOnlyStore(InspectionMixin):
 
 #: What the inspection view does; every other public method of DiskStore (all of which write, ingest or
 #: read bodies through the index's repair path) is refused, including any added later.
-READ_ONLY_METHODS = frozenset({"stats", "close"})
+READ_ONLY_METHODS = frozenset({"stats", "index_damage", "close"})
 for _name in dir(DiskStore):
     if not _name.startswith("_") and _name not in READ_ONLY_METHODS and callable(getattr(DiskStore, _name)):
         setattr(ReadOnlyStore, _name, _refuses(_name))

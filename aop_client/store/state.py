@@ -10,7 +10,6 @@ fencing check and the change it guards are in the same transaction.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sqlite3
@@ -18,11 +17,11 @@ import time
 import zlib
 from typing import Iterable, Sequence
 
-from ..errors import FencedError, StoreError
+from ..errors import FencedError
+from .boundary import IndexDamage
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
-DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 WAL_PAGES = 4096  # WAL pages before an automatic checkpoint: fewer checkpoint fsyncs on the drain path
 WAL_PAGES_LOW = 16  # under disk pressure: the WAL restarts from its start instead of growing
 
@@ -71,17 +70,7 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
             conn.execute("ALTER TABLE segments ADD COLUMN indexed_total INTEGER NOT NULL DEFAULT 0")
             conn.execute("UPDATE segments SET indexed_total = (SELECT COUNT(*) FROM events WHERE events.seg = segments.id)")
     if version == 0:
-        with Txn(conn):
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', 0), ('quarantined', 0)")
-                conn.executemany(
-                    "INSERT OR IGNORE INTO counts VALUES (?, 0, 0)",
-                    [(s,) for s in (PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK)],
-                )
-                conn.execute("PRAGMA user_version=1")
+        create_schema(conn)
     return conn
 
 
@@ -103,6 +92,48 @@ def _set_wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
                 raise
         time.sleep(pause)  # a retry pause of the open itself, not a synchronisation
         pause = min(pause * 2, 0.05)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables of an empty index (idempotent: another process may have just done it)."""
+    with Txn(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', 0), ('quarantined', 0)")
+            conn.executemany(
+                "INSERT OR IGNORE INTO counts VALUES (?, 0, 0)",
+                [(s,) for s in (PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK)],
+            )
+            conn.execute("PRAGMA user_version=1")
+
+
+def seed_rebuilt(conn: sqlite3.Connection, *, base: int, rebuilds: int, at_ms: int, recovered: int) -> None:
+    """Prepare an empty index that replaces a damaged one (see repair.py).
+
+    Epochs and row ids start above ``base``, above every epoch and id the
+    damaged index handed out, so an old epoch is fenced and an old ref or
+    segment id never names a row of the new index. The rebuild is recorded
+    in meta (``rebuilds``, ``rebuilt_at_ms``, ``rebuilt_events``) for ``aop status``.
+    """
+    with Txn(conn):
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (base,))
+        conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('events', 'segments')")
+        conn.executemany("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", [("events", base), ("segments", base)])
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [("rebuilds", rebuilds), ("rebuilt_at_ms", at_ms), ("rebuilt_events", recovered)],
+        )
+
+
+def rebuild_record(conn: sqlite3.Connection) -> dict | None:
+    """The last rebuild of this index ({rebuilds, rebuilt_at, events_recovered}), or None if never rebuilt."""
+    values = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('rebuilds', 'rebuilt_at_ms', 'rebuilt_events')"))
+    if not values.get("rebuilds"):
+        return None
+    return {"rebuilds": int(values["rebuilds"]), "rebuilt_at": values.get("rebuilt_at_ms", 0) / 1000.0,
+            "events_recovered": int(values.get("rebuilt_events", 0))}
 
 
 class Txn:
@@ -134,20 +165,6 @@ class Txn:
                 pass
 
 
-def is_disk_full(error: BaseException | None) -> bool:
-    """True when error (or what caused it) is SQLITE_FULL or ENOSPC/EDQUOT/EFBIG."""
-    seen = 0
-    while error is not None and seen < 8:
-        if isinstance(error, sqlite3.Error) and (
-                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or "database or disk is full" in str(error)):
-            return True
-        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
-
-
 def check_epoch(conn: sqlite3.Connection, epoch: int, action: str) -> None:
     """Raise FencedError unless epoch is the current one (call inside the transaction)."""
     current = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
@@ -174,8 +191,15 @@ def move(
     to_state: int,
     extra: str = "",
     params: tuple = (),
+    *,
+    selected: bool = False,
 ) -> int:
-    """Move the given events that are in from_states to to_state; returns how many moved."""
+    """Move the given events that are in from_states to to_state; returns how many moved.
+
+    ``selected``: the ids were just selected by state in this transaction, so
+    every one must move; one that does not means the table and its state
+    index disagree (damage SQLite does not see): :class:`IndexDamage`.
+    """
     if not ids:
         return 0
     ids = list(ids)
@@ -196,11 +220,22 @@ def move(
             deltas[from_state] = (-len(lens), -nbytes)
             moved_n += len(lens)
             moved_b += nbytes
+    if selected and moved_n != wanted:
+        raise IndexDamage(f"index inconsistent: {wanted - moved_n} of {wanted} events selected by state did not move")
     if moved_n:
         n0, b0 = deltas.get(to_state, (0, 0))
         deltas[to_state] = (n0 + moved_n, b0 + moved_b)
         bump_counts(conn, deltas)
     return moved_n
+
+
+def check_pending(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """IndexDamage unless the table agrees with the state index that these rows (found through it) are pending."""
+    if not ids:
+        return
+    wrong = conn.execute(f"SELECT COUNT(*) FROM events WHERE id IN ({_IDS}) AND +state <> 0", (json.dumps(list(ids)),)).fetchone()[0]
+    if wrong:
+        raise IndexDamage(f"index inconsistent: {wrong} of {len(ids)} events the state index calls pending are not")
 
 
 def lease_prefix(conn: sqlite3.Connection, last_ord: int, last_id: int, n: int, nbytes: int, until: float) -> None:
@@ -210,7 +245,7 @@ def lease_prefix(conn: sqlite3.Connection, last_ord: int, last_id: int, n: int, 
         (until, last_ord, last_ord, last_id),
     ).rowcount
     if moved != n:  # cannot happen inside one transaction; refuse (rolls back) rather than miscount
-        raise StoreError(f"index inconsistent: lease matched {moved} pending events, expected {n}")
+        raise IndexDamage(f"index inconsistent: lease matched {moved} pending events, expected {n}")
     bump_counts(conn, {PENDING: (-n, -nbytes), IN_FLIGHT: (n, nbytes)})
 
 

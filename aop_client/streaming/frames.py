@@ -68,14 +68,14 @@ class OutgoingEvent:
     seq: int | None = None
 
 
-def _require_str(envelope: dict, key: str) -> str:
+def _require_str(envelope: dict[str, Any], key: str) -> str:
     value = envelope.get(key)
     if not isinstance(value, str) or not value:
         raise ValidationError(f"event field {key!r} must be a non-empty string, got {value!r}", field=key, value=value)
     return value
 
 
-def encode_event(event: dict | bytes | bytearray | memoryview | str) -> OutgoingEvent:
+def encode_event(event: dict[str, Any] | bytes | bytearray | memoryview | str) -> OutgoingEvent:
     """Frame an event envelope (a dict, or its UTF-8 JSON bytes) for the stream.
 
     Raises ValidationError when the input is not a JSON object with string
@@ -163,9 +163,10 @@ def http_stream_url(url: str | None, base_url: str | None) -> str:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"base_url must be an http:// or https:// URL, got {base_url!r}", field="base_url", value=base_url)
         return base_url.rstrip("/") + STREAM_PATH
-    parts = urlsplit(url or "")
+    given = url or ""
+    parts = urlsplit(given)
     if parts.scheme in ("http", "https") and parts.netloc:
-        return url if parts.path.rstrip("/").endswith(STREAM_PATH) else url.rstrip("/") + STREAM_PATH  # type: ignore[union-attr]
+        return given if parts.path.rstrip("/").endswith(STREAM_PATH) else given.rstrip("/") + STREAM_PATH
     if parts.scheme in ("ws", "wss") and parts.netloc:
         scheme = "https" if parts.scheme == "wss" else "http"
         return f"{scheme}://{parts.netloc}{STREAM_PATH}"

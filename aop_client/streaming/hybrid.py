@@ -13,18 +13,65 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable, Protocol, Union
 
+from ..config import ClientConfig
 from ..errors import AOPError
-from .client import StreamingClient
+from .client import StreamingClient, StreamStats
 from .frames import OutgoingEvent
 
-__all__ = ["HybridClient"]
+__all__ = ["HybridClient", "BaseClient", "StoredEvent", "HybridStats"]
 
 log = logging.getLogger("aop_client.streaming")
 
+#: How a streamed event is named to ``mark_delivered``: ``(event_id, run_id, seq)``, or the id alone.
+Delivered = Union[str, tuple[str, str, int]]
 
-def _current_run(base_client: Any) -> str | None:
+
+class StoredEvent(Protocol):
+    """What HybridClient reads of ``emit_event``'s answer (AOPClient's EmitResult): truthy when stored."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def body(self) -> bytes:
+        """The envelope exactly as stored (an optional ``seq`` attribute is its store seq)."""
+        ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    def __bool__(self) -> bool: ...
+
+
+class BaseClient(Protocol):
+    """Port: what HybridClient needs of its base client (AOPClient has it all; ``finalize`` is optional)."""
+
+    @property
+    def config(self) -> ClientConfig: ...
+
+    def start(self) -> object: ...
+
+    def stop(self, timeout: float = ...) -> object: ...
+
+    def emit_event(self, event: dict[str, Any]) -> StoredEvent: ...
+
+    def mark_delivered(self, events: Iterable[Delivered]) -> int: ...
+
+
+class HybridStats(StreamStats):
+    """What :meth:`HybridClient.stats` returns: the stream's counters and the store-side ones."""
+
+    marked_delivered: int
+    mark_failures: int
+    streaming_enabled: bool
+
+
+def _current_run(base_client: BaseClient) -> str | None:
     """The run the base client's trace builder is on (the stream opens its URL at once), if it has one."""
     run_id = getattr(getattr(base_client, "trace_builder", None), "run_id", None)
     return run_id if isinstance(run_id, str) else None
@@ -35,7 +82,7 @@ class HybridClient:
 
     def __init__(
         self,
-        base_client: Any,
+        base_client: BaseClient,
         streaming_url: str | None = None,
         streaming_mode: str | None = None,
         *,
@@ -52,19 +99,15 @@ class HybridClient:
         self.base_client = base_client
         self.stream_flush_timeout = stream_flush_timeout
         self.connect_wait = connect_wait
-        mode = streaming_mode or getattr(config, "streaming_mode", "websocket")
-        url = streaming_url or getattr(config, "effective_streaming_url", None)
-        self.stream = StreamingClient(
-            url,
-            api_key=config.api_key,
-            mode=mode,
-            base_url=config.base_url if mode == "http" else None,
-            verify_ssl=config.verify_ssl,
+        self.stream = StreamingClient.from_config(
+            config,
+            streaming_url=streaming_url,
+            streaming_mode=streaming_mode,
             on_ack_events=self._mark_delivered,
             **{"run_id": _current_run(base_client), **stream_options},
         )
         #: False when the config says ``enable_streaming=False``: events then go by batch only.
-        self.streaming_enabled = bool(getattr(config, "enable_streaming", True))
+        self.streaming_enabled = bool(config.enable_streaming)
         self._entered = False
         self._finalized = False
         self.marked_delivered = 0
@@ -109,7 +152,7 @@ class HybridClient:
 
     # -- events --
 
-    def emit_event(self, event: dict) -> Any:
+    def emit_event(self, event: dict[str, Any]) -> StoredEvent:
         """Store ``event`` durably (base client), then offer it to the stream without waiting."""
         result = self.base_client.emit_event(event)
         if result and self.streaming_enabled:
@@ -125,7 +168,7 @@ class HybridClient:
 
         An event whose seq is unknown goes by id alone (the store looks it up in the current run).
         """
-        items = [e.event_id if e.seq is None else (e.event_id, e.run_id, e.seq) for e in events]
+        items: list[Delivered] = [e.event_id if e.seq is None else (e.event_id, e.run_id, e.seq) for e in events]
         try:
             self.marked_delivered += int(self.base_client.mark_delivered(items) or 0)
         except Exception as e:  # the batch path resends them; the server dedupes
@@ -146,10 +189,7 @@ class HybridClient:
             return bool(self.base_client.stop(remaining))
         return bool(finalize(timeout=remaining))
 
-    def stats(self) -> dict:
+    def stats(self) -> HybridStats:
         """The stream's counters plus ``marked_delivered`` (events settled by stream acks)."""
-        stats = self.stream.stats()
-        stats["marked_delivered"] = self.marked_delivered
-        stats["mark_failures"] = self.mark_failures
-        stats["streaming_enabled"] = self.streaming_enabled
-        return stats
+        return {**self.stream.stats(), "marked_delivered": self.marked_delivered,
+                "mark_failures": self.mark_failures, "streaming_enabled": self.streaming_enabled}

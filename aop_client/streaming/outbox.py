@@ -82,7 +82,7 @@ class Outbox:
         if not self._pending and not self._inflight:
             self._emptied.notify_all()
 
-    def wait(self, timeout: float, extra: Iterable[object] = (), *, ignore_pending: bool = False) -> list:
+    def wait(self, timeout: float, extra: Iterable[socket.socket] = (), *, ignore_pending: bool = False) -> list[socket.socket]:
         """Sleep until woken, until one of ``extra`` is readable, or ``timeout``; returns the readable extras.
 
         Returns at once (after polling ``extra``) when events are pending, unless ``ignore_pending``.

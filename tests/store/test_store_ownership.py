@@ -26,6 +26,7 @@ from aop_client.election import LOCK_FILE_NAME, FlusherElection
 from aop_client.errors import StoreError
 from aop_client.signing import signed_body
 from aop_client.store import DiskStore
+from aop_client.store.readonly import READ_ONLY_METHODS
 from aop_client.store.records import encode_record
 from aop_client.testing import TEST_API_KEY, TEST_ORG_SALT_KEY
 from aop_client.trace_builder import TraceBuilder
@@ -487,7 +488,8 @@ def test_root_inspects_a_workers_spool_read_only_and_writes_nothing(worker_spool
         with pytest.raises(StoreError, match="read-only"):
             view.append("x", "run", 99, b"{}")
         writers = [n for n in dir(DiskStore) if not n.startswith("_") and callable(getattr(DiskStore, n))
-                   and n not in ("stats", "close")]
+                   and n not in READ_ONLY_METHODS]
+        assert READ_ONLY_METHODS == {"stats", "index_damage", "close"}
         assert {"append", "lease", "ack", "iter_run", "sample_undelivered", "reclaim"} <= set(writers)
         for name in writers:
             with pytest.raises(StoreError, match="read-only"):
