@@ -50,6 +50,7 @@ def faults_to_json(faults: FaultConfig) -> str:
     """Serialise a FaultConfig (for the CLI's environment and the fault-control route)."""
     fields = dataclasses.asdict(faults)
     fields["endpoints"] = sorted(faults.endpoints)
+    fields["poison_event_ids"] = sorted(faults.poison_event_ids)
     return json.dumps(fields)
 
 
@@ -177,8 +178,12 @@ class RunningCollector(_Queries):
 
     def connections(self) -> dict:
         """The connection guard's counters (``connections`` of GET /api/v1/stats), read on the server's loop."""
+        runner = self._runner
+        if runner is None:
+            raise RuntimeError("the collector is not running")
+
         async def read() -> dict:
-            return self._runner.app[GUARD_KEY].counters()
+            return runner.app[GUARD_KEY].counters()
 
         return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=30)
 
@@ -274,7 +279,10 @@ class CollectorProcess(_Queries):
 
 def _read_ready_line(popen: subprocess.Popen, timeout: float) -> str:
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(popen.stdout.readline()), daemon=True)
+    stdout = popen.stdout
+    if stdout is None:
+        raise RuntimeError("the collector process has no stdout pipe")
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     line = lines[0] if lines else ""
@@ -305,7 +313,7 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-m", "aop_client.collector", "--host", config.host, "--port", str(config.port),
-            "--db", config.db_path, "--max-body-bytes", str(config.max_body_bytes),
+            "--db", str(config.db_path), "--max-body-bytes", str(config.max_body_bytes),
             "--max-decompressed-bytes", str(config.max_decompressed_bytes),
             "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control",
             "--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
