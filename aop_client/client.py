@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import orjson
@@ -460,7 +461,7 @@ class AOPClient:
         option = orjson.OPT_INDENT_2 if pretty else 0
         return orjson.dumps(self.get_trace(), option=option).decode()
 
-    def _write_replay(self) -> Optional[str]:
+    def _write_replay(self) -> Optional[Path]:
         """Write the current run's replay file, unless an identical one was already written."""
         run_id = self.trace_builder.run_id
         written = (run_id, self.trace_builder.next_seq)
