@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import orjson
@@ -31,6 +32,7 @@ from .events import validate_envelope
 from .protocol import check_json, copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder, merge_trace
+from .trace_files import write_replay_file
 
 __all__ = ["AOPClient", "EmitResult"]
 
@@ -459,16 +461,16 @@ class AOPClient:
         option = orjson.OPT_INDENT_2 if pretty else 0
         return orjson.dumps(self.get_trace(), option=option).decode()
 
-    def _write_replay(self) -> Optional[str]:
+    def _write_replay(self) -> Optional[Path]:
         """Write the current run's replay file, unless an identical one was already written."""
-        from .replay import write_replay_file
-
         run_id = self.trace_builder.run_id
         written = (run_id, self.trace_builder.next_seq)
         if self._replay_written == written:
             return None
         try:
-            path = write_replay_file(self, run_id)
+            c = self.config
+            path = write_replay_file(c.replay_dir, run_id, self.store.iter_run(run_id, include_delivered=True),
+                                     agent_id=c.agent_id, seed=c.seed, stats=self.get_stats())
             self._replay_written = written
             return path
         except Exception as exc:

@@ -57,14 +57,14 @@ import orjson
 
 from .core.backoff import FailureStreak, RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
-from .core.fallback_doc import fallback_document, is_file_name_safe
+from .core.fallback_doc import is_file_name_safe
 from .core.flush_machine import BatchAttempt, Step, next_step
 from .core.outcome import Delivered, classify
 from .delivery_report import FailureReporter, dead_letters_text
 from .errors import ConfigError, FencedError, StoreError
-from .replay import write_trace_file
 from .send_pipeline import InOrder, SendPool
 from .store.api import Store, StoredEvent
+from .trace_files import write_fallback_file
 from .transport import HttpTransport
 
 __all__ = ["Flusher"]
@@ -533,9 +533,8 @@ class Flusher:
                 agent_id = None
             metadata = {"agent_id": agent_id, "reason": "max_retries", "batch_id": attempt.batch_id,
                         "attempts": attempt.failures + 1, "last_error": reason}
-            data = fallback_document(run_id, [(e.seq, e.body) for e in parked], metadata, now=self.clock())
             try:
-                write_trace_file(str(self.fallback_dir), "fallback", run_id, data, now=self.clock())
+                write_fallback_file(str(self.fallback_dir), run_id, parked, metadata, now=self.clock())
                 self._count("fallback_files")
             except OSError as e:  # the events are still safe in the store
                 self._note_error(f"fallback file not written in {self.fallback_dir!r}: {e.strerror or e}", e)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import orjson
 
+from .election import FlusherElection
 from .errors import SignatureError
 from .signing import verify_event
 from .store.records import Record, decode_run
@@ -101,8 +102,6 @@ def hold_quiet(directory: str, *, create: bool = True) -> tuple[Optional[Any], O
     meanwhile, none starts) and no live writer (a process still appending to its
     segment). The caller closes the election when done.
     """
-    from .election import FlusherElection
-
     election = FlusherElection(directory, create=create)
     try:
         if not election.try_acquire():

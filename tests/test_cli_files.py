@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from aop_client.cli import main
 from aop_client.cli.files import load_events
 from aop_client.core.fallback_doc import fallback_document
-from aop_client.replay import write_trace_file
+from aop_client.trace_files import write_trace_file
 from aop_client.signing import sign_event
 from aop_client.testing import TEST_ORG_SALT_KEY
 from test_cli import (  # noqa: F401  (env is a fixture)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_client import closed_port_url, make_config  # noqa: E402
 
 from aop_client import AOPClient  # noqa: E402
-from aop_client.replay import read_trace_file, write_replay_file  # noqa: E402
+from aop_client.trace_files import read_trace_file, write_replay_file  # noqa: E402
 from aop_client.signing import verify_event  # noqa: E402
 from aop_client.streaming import HybridClient  # noqa: E402
 from aop_client.testing import TEST_ORG_SALT_KEY, wait_until  # noqa: E402
@@ -161,7 +161,8 @@ def test_replay_file_is_streamed_from_the_store(tmp_path):
     list(client.store.iter_run(run_id))  # index the segments first: the peak below is the writer's own
     tracemalloc.start()
     try:
-        path = write_replay_file(client, run_id)
+        events = client.store.iter_run(run_id, include_delivered=True)
+        path = write_replay_file(client.config.replay_dir, run_id, events, agent_id=1, seed=None, stats={})
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

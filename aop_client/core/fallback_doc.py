@@ -1,4 +1,4 @@
-"""The fallback file of one run, as bytes and a file name (pure; the flusher writes it).
+"""The fallback file of one run, as bytes and a file name (pure; :mod:`aop_client.trace_files` writes it).
 
 Same shape as the brief's replay file, so one reader (``parse_toon``, the
 replay command) serves both::

@@ -1,5 +1,12 @@
 """Trace files: the replay and fallback documents, written atomically and read back.
 
+This module takes data (a run id, the metadata, the stored events), never the
+client or the flusher: the client writes replay files with
+:func:`write_replay_file`, the flusher fallback files with
+:func:`write_fallback_file`; :func:`read_trace_file` reads either. It imports
+only ``core``, ``errors`` and the store's record type, and sits below the
+flusher and the client (docs/design.md, "Layout").
+
 One format serves both (the brief's replay format)::
 
     {"run_id": "...", "timestamp": "2025-12-05T10:30:00.000Z", "event_count": 42,
@@ -24,7 +31,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 import orjson
 
@@ -32,14 +39,13 @@ from .core.fallback_doc import fallback_document, trace_file_name
 from .errors import ToonParseError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .client import AOPClient
     from .store.api import StoredEvent
 
 _COUNT_FIELD = b'"event_count":'
 _COUNT_WIDTH = 20  # bytes reserved for the count's digits
 _WRITE_CHUNK = 1 << 20
 
-__all__ = ["write_trace_file", "read_trace_file", "write_replay_file"]
+__all__ = ["write_trace_file", "read_trace_file", "write_replay_file", "write_fallback_file"]
 
 
 def write_trace_file(directory: str | os.PathLike, prefix: str, run_id: str, data: bytes, *,
@@ -91,21 +97,31 @@ def read_trace_file(path: str | os.PathLike) -> dict:
     return doc
 
 
-def write_replay_file(client: "AOPClient", run_id: str) -> Optional[Path]:
-    """Write the replay file of one run from the store (events as stored, signed), streaming them."""
-    events = client.store.iter_run(run_id, include_delivered=True)
-    first = next(events, None)
+def write_replay_file(directory: str | os.PathLike, run_id: str, events: Iterable["StoredEvent"], *,
+                      agent_id: Any, seed: Any, stats: Mapping[str, Any],
+                      now: Optional[float] = None) -> Optional[Path]:
+    """Write the replay file of one run from its stored events (as stored, signed), streaming them.
+
+    ``events`` is read once, a page at a time (``store.iter_run``); ``stats`` goes into the
+    metadata as given, so it must hold no secret and no event content (``get_stats()`` does
+    not). None, and no file, when ``events`` is empty.
+    """
+    it = iter(events)
+    first = next(it, None)
     if first is None:
         return None
-    metadata = {
-        "agent_id": client.config.agent_id,
-        "seed": client.config.seed,
-        "stats": client.get_stats(),
-    }
-    now = time.time()
-    head = fallback_document(run_id, [], metadata, now=now)  # '{..."event_count":0,...,"events":[]}'
-    return _write_new_file(client.config.replay_dir, "replay", run_id,
-                           lambda fd: _write_events(fd, head, itertools.chain((first,), events)), now=now)
+    at = time.time() if now is None else now
+    metadata = {"agent_id": agent_id, "seed": seed, "stats": dict(stats)}
+    head = fallback_document(run_id, [], metadata, now=at)  # '{..."event_count":0,...,"events":[]}'
+    return _write_new_file(directory, "replay", run_id,
+                           lambda fd: _write_events(fd, head, itertools.chain((first,), it)), now=at)
+
+
+def write_fallback_file(directory: str | os.PathLike, run_id: str, events: Iterable["StoredEvent"],
+                        metadata: Mapping[str, Any], *, now: float) -> Path:
+    """Write the fallback file of one run's parked ``events`` (in seq order, bodies as stored)."""
+    data = fallback_document(run_id, [(e.seq, e.body) for e in events], metadata, now=now)
+    return write_trace_file(directory, "fallback", run_id, data, now=now)
 
 
 def _write_events(fd: int, head: bytes, events: Iterable["StoredEvent"]) -> None:
