@@ -168,7 +168,8 @@ def test_load_events_returns_events_or_a_documented_error(data: bytes) -> None:
 
 
 @PROPS
-@given(st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=30), max_size=4), max_size=30),
+@given(st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=30), max_size=4)
+                .map(lambda d: {**d, "event_id": str(len(d))}), max_size=30),
        st.integers(1, 8), st.integers(1, 400))
 def test_replay_batches_keep_order_and_bounds(events: list[dict], max_events: int, max_bytes: int) -> None:
     """_batches partitions the events in order; each batch respects the count bound and, unless it is a
@@ -176,9 +177,10 @@ def test_replay_batches_keep_order_and_bounds(events: list[dict], max_events: in
     import orjson
 
     batches = list(_batches(events, max_events, max_bytes))
-    flat = [orjson.loads(b) for batch in batches for b in batch]
+    flat = [orjson.loads(b) for batch in batches for _, b in batch]
     assert flat == events
+    assert [i for batch in batches for i, _ in batch] == [e["event_id"] for e in events]
     for batch in batches:
         assert 1 <= len(batch) <= max_events
         if len(batch) > 1:
-            assert sum(len(b) + 1 for b in batch) - 1 <= max_bytes
+            assert sum(len(b) + 1 for _, b in batch) - 1 <= max_bytes
