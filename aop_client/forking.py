@@ -83,7 +83,11 @@ def register(kind: str, participant: Any) -> None:
         raise TypeError(f"{participant!r} has no _after_fork_in_child()")
     group = _participants[kind]  # KeyError: not one of ORDER
     key = next(_keys)
-    group[key] = weakref.ref(participant, lambda _ref, key=key, group=group: group.pop(key, None))
+
+    def forget(_ref: "weakref.ref[Any]") -> None:
+        group.pop(key, None)
+
+    group[key] = weakref.ref(participant, forget)
 
 
 def live(kind: str) -> list[Any]:

@@ -34,6 +34,7 @@ class SpacePressureMixin:
     _lock: Any
     _conn: Any
     _pressure: bool
+    _fork_gen: int  # aop_client.forking's stamp
 
     def _disk_full(self) -> AppendResult:
         """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
