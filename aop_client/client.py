@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import orjson
 
+from . import forking
 from .config import ClientConfig
 from .delivery_report import FailureReporter
 from .errors import AOPError, ConfigError, StoreError, ValidationError
@@ -39,7 +39,6 @@ __all__ = ["AOPClient", "EmitResult"]
 log = logging.getLogger("aop_client")
 
 _STORE_RETRY = 1.0  # seconds between two attempts to open a store that failed to open
-_LIVE_CLIENTS: "weakref.WeakSet[AOPClient]" = weakref.WeakSet()
 
 
 class EmitResult:
@@ -76,10 +75,10 @@ class AOPClient:
         self._key = self.config.org_salt_key
         self._lock = threading.RLock()
         self._store: Any = None
-        self._store_pid = 0
-        self._store_failed: Optional[tuple[int, float, str]] = None  # (pid, monotonic time, why) of a failed open
+        self._store_gen = -1  # the fork generation (aop_client.forking) that opened _store
+        self._store_failed: Optional[tuple[int, float, str]] = None  # (fork generation, monotonic time, why) of a failed open
         self._flusher: Any = None
-        self._flusher_pid = 0  # the process whose thread runs _flusher (a fork leaves it behind)
+        self._flusher_gen = -1  # the fork generation whose thread runs _flusher (a fork leaves it behind)
         self._started = False
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
@@ -89,7 +88,7 @@ class AOPClient:
         self._run_completion: Optional[dict] = None  # the server's last run-completion answer
         self._replay_written: Optional[tuple] = None  # (run_id, next_seq) of the last replay file
         self._drop_reporter = FailureReporter(None, log)  # rate-limited WARNINGs for dropped events
-        _LIVE_CLIENTS.add(self)
+        forking.register(forking.CLIENT, self)
 
     # ------------------------------------------------------------------ store
 
@@ -104,18 +103,18 @@ class AOPClient:
         ``_STORE_RETRY`` seconds (meanwhile the same StoreError, at no cost).
         """
         store = self._store
-        if store is None or self._store_pid != os.getpid():
+        if store is None or self._store_gen != forking.generation:
             with self._lock:
-                if self._store is None or self._store_pid != os.getpid():
+                if self._store is None or self._store_gen != forking.generation:
                     self._store = self._open_store()
-                    self._store_pid = os.getpid()
+                    self._store_gen = forking.generation
                 store = self._store
         return store
 
     def _open_store(self) -> Any:
         """Open and check the store (caller holds self._lock); remembers a failure to back off."""
         failed = self._store_failed
-        if failed is not None and failed[0] == os.getpid() and time.monotonic() - failed[1] < _STORE_RETRY:
+        if failed is not None and failed[0] == forking.generation and time.monotonic() - failed[1] < _STORE_RETRY:
             raise StoreError(failed[2])
         try:
             store = self._open_bound()
@@ -123,7 +122,7 @@ class AOPClient:
             raise
         except OSError as exc:  # StoreError included; a raw one (ENOSPC, EACCES, a racing rename) too
             why = str(exc) if isinstance(exc, StoreError) else f"cannot open spool {self.config.spool_path!r}: {exc}"
-            self._store_failed = (os.getpid(), time.monotonic(), why)
+            self._store_failed = (forking.generation, time.monotonic(), why)
             raise StoreError(why) from exc
         self._store_failed = None
         return store
@@ -181,7 +180,7 @@ class AOPClient:
         self._emitted_run = run_id
         flusher = self._flusher
         if flusher is not None:
-            if self._flusher_pid != os.getpid():  # forked: the thread stayed in the parent
+            if self._flusher_gen != forking.generation:  # forked: the thread stayed in the parent
                 self._restart_after_fork()
                 flusher = self._flusher
             self._since_wakeup += 1
@@ -245,15 +244,23 @@ class AOPClient:
                 return self
             self._flusher = self._make_flusher()
             self._flusher.start()
-            self._flusher_pid = os.getpid()
+            self._flusher_gen = forking.generation
             self._started = True
         _register_exit_handler()
         return self
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (aop_client.forking): fresh locks (another parent thread may have held one).
+
+        The store is reopened and this process's own flusher started on next use
+        (their fork-generation stamps no longer match).
+        """
+        self._lock = threading.RLock()
+
     def _restart_after_fork(self) -> None:
         """In a forked child, start this process's own flusher (it campaigns; the lock decides)."""
         with self._lock:
-            if self._flusher is not None and self._flusher_pid != os.getpid():
+            if self._flusher is not None and self._flusher_gen != forking.generation:
                 self._flusher = None
                 self._started = False
                 self.start()
@@ -392,7 +399,7 @@ class AOPClient:
         self._last_error = fs.get("last_error") or self._last_error
 
     def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher_pid != os.getpid():
+        if self._flusher is None or self._flusher_gen != forking.generation:
             self._flusher = None
             self._started = False
             self.start()
@@ -501,15 +508,6 @@ def _copy_json(event: Any) -> Any:
     return copy_json(event)
 
 
-def _reset_clients_in_child() -> None:
-    """A forked child gets fresh client locks (another parent thread may have held one)."""
-    for client in list(_LIVE_CLIENTS):
-        client._lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_clients_in_child)
-
 _exit_registered = False
 
 
@@ -527,8 +525,8 @@ def _stop_all_at_exit() -> None:
     stops at once (its events are on disk, and the flusher or the next process to
     start delivers them), so recycling a worker costs no waiting.
     """
-    for client in list(_LIVE_CLIENTS):
+    for client in forking.live(forking.CLIENT):
         if client._started:
             flusher = client._flusher
-            leading = flusher is not None and client._flusher_pid == os.getpid() and flusher.is_leader
+            leading = flusher is not None and client._flusher_gen == forking.generation and flusher.is_leader
             client.stop(timeout=2.0, flush=leading)

@@ -16,7 +16,7 @@ release the parent's lock, and the host would end up with two flushers. After
 ``fork`` every election object therefore drops its inherited descriptor in the
 child with a plain ``close`` (which never unlocks while the parent still holds
 its copy) and reports ``is_leader`` False; the child may then try to win on its
-own. The lock file is opened with ``O_CLOEXEC`` so exec'd programs never inherit
+own (``aop_client.forking`` runs that reset, elections right after stores). The lock file is opened with ``O_CLOEXEC`` so exec'd programs never inherit
 it.
 
 Hostile spools: the directory must pass the spool's checks (ours, not writable
@@ -47,9 +47,9 @@ import socket
 import stat
 import threading
 import time
-import weakref
 from typing import Any, Optional
 
+from . import forking
 from .errors import StoreError
 from .store.layout import NotOwnedError, ensure_private_directory, open_owned, prepare_directory
 
@@ -60,16 +60,6 @@ MAX_POLL_INTERVAL = 0.2
 
 _FILE_MODE = 0o600
 _MAX_INFO_BYTES = 4096
-
-_live_elections: "weakref.WeakSet[FlusherElection]" = weakref.WeakSet()
-
-
-def _forget_inherited_locks_in_child() -> None:
-    for election in list(_live_elections):
-        election._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_forget_inherited_locks_in_child)
 
 
 def _ensure_private_directory(directory: str, create: bool = True) -> None:
@@ -127,10 +117,10 @@ class FlusherElection:
         self.lock_path = os.path.join(self.directory, LOCK_FILE_NAME)
         self._mutex = threading.Lock()
         self._fd: Optional[int] = None
-        self._owner_pid: Optional[int] = None
+        self._owner_gen: Optional[int] = None  # the fork generation that took the lock
         self._since: Optional[float] = None
         self._closed = False
-        _live_elections.add(self)
+        forking.register(forking.ELECTION, self)
 
     def __repr__(self) -> str:
         return f"FlusherElection(directory={self.directory!r}, is_leader={self.is_leader})"
@@ -138,7 +128,8 @@ class FlusherElection:
     @property
     def is_leader(self) -> bool:
         """True while this object, in this very process, holds the flusher lock."""
-        return self._fd is not None and self._owner_pid == os.getpid()
+        forking.notice_fork()
+        return self._fd is not None and self._owner_gen == forking.generation
 
     @property
     def leader_since(self) -> Optional[float]:
@@ -147,10 +138,10 @@ class FlusherElection:
 
     def try_acquire(self) -> bool:
         """Take the lock without blocking; True when this object is (now) the leader."""
+        forking.notice_fork()
         with self._mutex:
             if self._closed:
                 raise StoreError(f"FlusherElection for {self.directory!r} is closed")
-            self._drop_if_inherited()
             if self._fd is not None:
                 return True
             _ensure_private_directory(self.directory, self._create)
@@ -163,17 +154,17 @@ class FlusherElection:
                     return False
                 raise StoreError(f"cannot lock {self.lock_path!r}: {e.strerror}") from e
             self._fd = fd
-            self._owner_pid = os.getpid()
+            self._owner_gen = forking.generation
             self._since = time.time()
             self._write_holder_info(fd)
             return True
 
     def release(self) -> None:
         """Give up leadership (no-op when not leader); never releases a parent's lock after fork."""
+        forking.notice_fork()
         with self._mutex:
-            self._drop_if_inherited()
             fd, self._fd = self._fd, None
-            self._owner_pid = None
+            self._owner_gen = None
             self._since = None
             if fd is None:
                 return
@@ -190,12 +181,11 @@ class FlusherElection:
         self.release()
         with self._mutex:
             self._closed = True
-        _live_elections.discard(self)
 
     def __del__(self) -> None:
         # An unreachable leader must not keep the host's flusher lock until the process exits.
         fd = getattr(self, "_fd", None)
-        if fd is not None and getattr(self, "_owner_pid", None) == os.getpid():
+        if fd is not None and getattr(self, "_owner_gen", None) == forking.generation:
             try:
                 os.close(fd)
             except OSError:
@@ -279,14 +269,9 @@ class FlusherElection:
         except OSError:
             pass  # the info is advisory (for ``aop status``); leadership is the lock
 
-    def _drop_if_inherited(self) -> None:
-        # Belt and braces for forks that bypass os.register_at_fork (e.g. a C extension's fork()).
-        if self._fd is not None and self._owner_pid != os.getpid():
-            self._forget_fd_without_unlocking()
-
     def _forget_fd_without_unlocking(self) -> None:
         fd, self._fd = self._fd, None
-        self._owner_pid = None
+        self._owner_gen = None
         self._since = None
         if fd is not None:
             try:
@@ -295,5 +280,6 @@ class FlusherElection:
                 pass
 
     def _after_fork_in_child(self) -> None:
+        """In a forked child (aop_client.forking): not leader, the parent's lock untouched."""
         self._mutex = threading.Lock()  # another thread may have held it at fork time
         self._forget_fd_without_unlocking()

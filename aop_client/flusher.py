@@ -44,17 +44,16 @@ from __future__ import annotations
 import inspect
 import logging
 import operator
-import os
 import random
 import threading
 import time
 import uuid
-import weakref
 from collections import defaultdict
 from typing import Any, Callable, Optional, Sequence
 
 import orjson
 
+from . import forking
 from .core.backoff import FailureStreak, RetryPolicy
 from .core.batching import batch_overhead_bytes, build_batch_body, should_flush
 from .core.fallback_doc import is_file_name_safe
@@ -75,18 +74,6 @@ _EVENT_ID, _ATTEMPTS, _BODY = operator.attrgetter("event_id"), operator.attrgett
 _PREPARED_MAX_AGE = 60.0  # seconds a prepared (signed) batch may wait for its POST; servers accept 300
 _POLL = 0.25  # longest wait between store polls while elected and idle
 _ID_TEMPLATE = "00000000-0000-4000-8000-000000000000"  # a batch id's length, for byte budgeting
-
-_live_flushers: "weakref.WeakSet[Flusher]" = weakref.WeakSet()
-
-
-def _reset_flushers_in_child() -> None:
-    for flusher in list(_live_flushers):
-        flusher._after_fork_in_child()
-
-
-# A forked child inherits this process's Flusher objects but not their thread, and
-# possibly locks that a parent thread held at fork time: start the child afresh.
-os.register_at_fork(after_in_child=_reset_flushers_in_child)
 
 
 class Flusher:
@@ -160,10 +147,14 @@ class Flusher:
         directory = getattr(store, "directory", None)
         self._reporter = FailureReporter(str(directory) if directory else None, log, debug=self.debug)
         self._streak = FailureStreak()  # the loop's own failures (a store it cannot write): its backoff
-        _live_flushers.add(self)
+        forking.register(forking.FLUSHER, self)
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: fresh locks and events, no thread, not leader, own counters."""
+        """In a forked child (aop_client.forking): fresh locks and events, no thread, not leader, own counters.
+
+        A forked child inherits the Flusher but not its thread, and possibly locks a
+        parent thread held at fork time: it starts afresh.
+        """
         self._lock = threading.Lock()
         self._flush_cond = threading.Condition(self._lock)
         self._stop = threading.Event()

@@ -21,15 +21,14 @@ an invalid event raises ValidationError *before* it takes a number.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from . import forking
 from .errors import ValidationError
 from .events import DEFAULT_MAX_EVENT_BYTES, check_event_size, make_event, new_run_id
 from .protocol import check_envelope, is_uuid
@@ -41,17 +40,6 @@ log = logging.getLogger("aop_client")
 
 #: How many created but not yet emitted events a builder holds by default (Active Mode).
 DEFAULT_MAX_HELD_EVENTS = 10_000
-
-_LIVE_BUILDERS: "weakref.WeakSet[TraceBuilder]" = weakref.WeakSet()
-
-
-def _reset_builders_in_child() -> None:
-    for builder in list(_LIVE_BUILDERS):
-        builder._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_builders_in_child)
 
 
 class TraceBuilder:
@@ -93,7 +81,7 @@ class TraceBuilder:
         self._emitted_source = emitted_source
         self._lock = threading.Lock()
         self._start_run()
-        _LIVE_BUILDERS.add(self)
+        forking.register(forking.BUILDER, self)
 
     def _start_run(self) -> None:
         """Forget the held events of the run before (under the lock, or before any thread sees it)."""

@@ -15,10 +15,8 @@ constructor argument raises (:class:`~aop_client.errors.ConfigError`).
 from __future__ import annotations
 
 import http.client
-import os
 import threading
 import time
-import weakref
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -32,6 +30,7 @@ try:  # ISA-L (python-isal): the same gzip format, 3-7x faster than zlib at leve
 except ImportError:  # the 'fast' extra is not installed: zlib, the same format
     _isal_zlib = None
 
+from . import forking
 from ._version import __version__
 from .errors import ConfigError
 from .signing import request_signature
@@ -41,17 +40,6 @@ __all__ = ["HttpTransport", "Response", "BATCH_PATH", "USER_AGENT"]
 BATCH_PATH = "/api/v1/traces/batch"
 USER_AGENT = f"aop-client/{__version__}"
 _READ_CHUNK = 64 * 1024
-
-_live_transports: "weakref.WeakSet[HttpTransport]" = weakref.WeakSet()
-
-
-def _reset_transports_in_child() -> None:
-    for transport in list(_live_transports):
-        transport._after_fork_in_child()
-
-
-# Pooled sockets and a lock a parent thread may hold at fork time must not reach the child.
-os.register_at_fork(after_in_child=_reset_transports_in_child)
 
 
 def _gzip_packer(level: int) -> Any:
@@ -128,14 +116,14 @@ class HttpTransport:
         self._salt = org_salt_key or None
         self._lock = threading.Lock()
         self._pool: urllib3.PoolManager | None = None
-        self._pool_pid = -1
-        _live_transports.add(self)
+        self._pool_gen = -1  # the fork generation the pool was made in (aop_client.forking)
+        forking.register(forking.TRANSPORT, self)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock and no pool (the parent's sockets are never used here)."""
         self._lock = threading.Lock()
         self._pool = None
-        self._pool_pid = -1
+        self._pool_gen = -1
 
     def __repr__(self) -> str:
         return f"HttpTransport(base_url={self.base_url!r}, verify_ssl={self.verify_ssl!r})"
@@ -177,9 +165,9 @@ class HttpTransport:
     # -- internals --
 
     def _manager(self) -> urllib3.PoolManager:
-        pid = os.getpid()
+        gen = forking.generation
         with self._lock:
-            if self._pool is None or self._pool_pid != pid:
+            if self._pool is None or self._pool_gen != gen:
                 # A pool inherited over fork shares sockets with the parent: never reuse it.
                 self._pool = urllib3.PoolManager(
                     num_pools=4,
@@ -189,7 +177,7 @@ class HttpTransport:
                     timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout),
                     cert_reqs="CERT_REQUIRED" if self.verify_ssl else "CERT_NONE",
                 )
-                self._pool_pid = pid
+                self._pool_gen = gen
             return self._pool
 
     def headers_for(self, body: bytes, *, now: float, extra: Mapping[str, str]) -> tuple[dict[str, str], bytes]:

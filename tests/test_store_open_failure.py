@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aop_client import AOPClient, ClientConfig, client as client_module, spool_identity
+from aop_client import AOPClient, ClientConfig, client as client_module, forking, spool_identity
 from aop_client.errors import AOPError, ConfigError, StoreError
 from aop_client.spool_identity import read_identity
 
@@ -119,7 +119,7 @@ def test_a_raw_oserror_from_the_election_does_not_kill_the_flusher(tmp_path: Pat
         return real()
 
     flusher.election.try_acquire = try_acquire
-    client._flusher, client._flusher_pid, client._started = flusher, os.getpid(), True
+    client._flusher, client._flusher_gen, client._started = flusher, forking.generation, True
     flusher.start()
     try:
         wait_until(lambda: aop_collector.event_ids() == ids, timeout=10)

@@ -19,7 +19,7 @@ from ..errors import StoreError, ValidationError
 from ..protocol import MAX_SEQ
 from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
-from . import fork_guard
+from .. import forking
 from . import repair
 from .repair import IndexRepair
 from .boundary import DISK_FULL_ERRNOS, IndexDamage, damage_seen, translated
@@ -92,6 +92,7 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
         self._reserve = SpaceReserve(self.directory)
         self._closed = False
         self._init_process_state()
+        forking.register(forking.STORE, self)
         self._db()  # fail early (StoreError) when the index cannot be opened
         self._reserve.ensure()
 
@@ -100,7 +101,8 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
 
     # -- per-process state ---------------------------------------------------------------
     def _init_process_state(self) -> None:
-        self._pid = os.getpid()
+        self._fork_gen = forking.generation  # per-process state below: redone after fork (aop_client.forking)
+        self._fork_held = False  # our lock, held across fork() by _before_fork
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._drops: dict[str, int] = {}
@@ -115,19 +117,35 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
         self._index_gen: int | None = None  # its rebuild count when we last looked
         self._gauge = UsageGauge(self.segment_dir, self.max_events, self.max_bytes, self._lock,
                                  reserve=self._reserve)
-        fork_guard.register(self)
         self._bodies = BodyReader(self.segment_dir, max_record=self._max_payload + OVERHEAD)
         self._unindexed_memo: dict = {}
         self._body_cache = BodyCache()  # bodies verified by this handle's ingest, for its next lease
         self._direct = DirectLeases(self.segment_dir, chunk=DIRECT_CHUNK)  # fenced leases taken past the index cursors
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._writer.after_fork_in_child()
-            if self._conn is not None:
-                _ABANDONED_CONNECTIONS.append(self._conn)
-            self._bodies.abandon()
-            self._init_process_state()
+        """The fork check of the store's cold paths (aop_client.forking's idiom, and its notice_fork)."""
+        forking.notice_fork()
+        if self._fork_gen != forking.generation:
+            self._after_fork_in_child()
+
+    def _before_fork(self) -> None:
+        """Hold our lock across fork(): every SQLite call holds it, so none is under way in the fork."""
+        if self._fork_gen == forking.generation and not self._closed:
+            self._lock.acquire()
+            self._fork_held = True
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """Abandon the parent's connection (never closed here), close our copies of its fds, fresh locks."""
+        self._writer.after_fork_in_child()
+        if self._conn is not None:
+            _ABANDONED_CONNECTIONS.append(self._conn)
+        self._bodies.abandon()
+        self._init_process_state()
 
     def _db(self) -> sqlite3.Connection:
         """This process's index connection (opened lazily; StoreError when impossible)."""
@@ -164,7 +182,7 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
     # -- emitting side --------------------------------------------------------------------
     def append(self, event_id: str, run_id: str, seq: int, body: bytes) -> AppendResult:
         """Durably append one serialized event; never raises for full/disk-full (see result)."""
-        if self._pid != os.getpid():
+        if self._fork_gen != forking.generation:
             self._check_pid()
         if self._closed:
             raise StoreError(f"append to closed store {self.directory!r}")
@@ -433,7 +451,7 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
         """Release file handles; safe to call twice."""
         if self._closed:
             return
-        if self._pid == os.getpid():
+        if self._fork_gen == forking.generation:
             self._flush_drops()
             self._writer.close()
             self._bodies.close()

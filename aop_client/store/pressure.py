@@ -12,13 +12,13 @@ write), and the drop counts' flush (also at interpreter exit).
 from __future__ import annotations
 
 import atexit
-import os
 import sqlite3
 import time
 from typing import Any, Callable
 
 from ..errors import StoreError
-from . import fork_guard, state
+from .. import forking
+from . import state
 from .api import AppendResult
 from .boundary import is_disk_full
 
@@ -35,6 +35,7 @@ class SpacePressureMixin:
     _lock: Any
     _conn: Any
     _pressure: bool
+    _fork_gen: int  # aop_client.forking's stamp
 
     def _disk_full(self) -> AppendResult:
         """ENOSPC, or less free than the floor: seal our segment (reclaimable once delivered), count the drop.
@@ -113,8 +114,8 @@ class SpacePressureMixin:
 @atexit.register
 def _flush_drops_at_exit() -> None:
     """Drop counts of stores never closed reach the index at interpreter exit (not after SIGKILL)."""
-    for store in fork_guard.live_stores():
-        if isinstance(store, SpacePressureMixin) and store._pid == os.getpid() and not store._closed and store._drops:
+    for store in forking.live(forking.STORE):
+        if isinstance(store, SpacePressureMixin) and store._fork_gen == forking.generation and not store._closed and store._drops:
             if store._lock.acquire(timeout=1.0):  # a daemon thread stuck inside the store must not hang the exit
                 try:
                     store._flush_drops()

@@ -15,9 +15,11 @@ import errno
 import fcntl
 import os
 import secrets
+import sys
 import threading
 import time
 
+from .. import forking
 from .layout import NotOwnedError, open_owned, owned_file
 
 SEGMENT_SUFFIX = ".seg"
@@ -25,13 +27,13 @@ _last_ord = 0
 _ord_lock = threading.Lock()
 
 
-def _reset_ord_lock_in_child() -> None:
+def _after_fork_in_child() -> None:
     """A fork taken while another thread held the lock must not deadlock the child."""
     global _ord_lock
     _ord_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reset_ord_lock_in_child)
+forking.register(forking.STORE, sys.modules[__name__])
 
 
 def next_ord() -> int:
@@ -64,7 +66,7 @@ class SegmentWriter:
         self._reset()
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        self._fork_gen = forking.generation
         self._lock = threading.Lock()
         self._sync_cond = threading.Condition(threading.Lock())
         self._fd: int | None = None
@@ -111,7 +113,7 @@ class SegmentWriter:
 
     def write(self, record: bytes) -> None:
         """Append one record; raises OSError (e.g. ENOSPC) with nothing partial left behind."""
-        if self._pid != os.getpid():
+        if self._fork_gen != forking.generation:
             self.after_fork_in_child()
         with self._lock:
             if self._fd is None or self._size >= self.max_segment_bytes:
@@ -168,7 +170,7 @@ class SegmentWriter:
         can never be unlinked, so the space it holds would stay taken after its
         events are delivered. The next write starts a new segment.
         """
-        if self._pid != os.getpid():
+        if self._fork_gen != forking.generation:
             return
         with self._lock:
             if self._fd is None or self._size == 0:
@@ -190,7 +192,7 @@ class SegmentWriter:
 
     def close(self) -> None:
         """Close the segment (which seals it); safe to call twice."""
-        if self._pid != os.getpid():
+        if self._fork_gen != forking.generation:
             self.after_fork_in_child()
             return
         with self._lock:
