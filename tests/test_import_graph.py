@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 #: ``aop_client.ports*`` and ``aop_client.protocol.*`` place the typed ports and a protocol package
 #: where issue 13 puts them, should those modules appear; any other new module must be placed here.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("errors", ("aop_client.errors", "aop_client._version", "aop_client.extras")),
+    ("errors", ("aop_client.errors", "aop_client._version", "aop_client.extras", "aop_client.forking")),
     ("protocol", ("aop_client.protocol", "aop_client.protocol.*", "aop_client.events",
                   "aop_client.canonical", "aop_client.signing")),
     ("core", ("aop_client.core", "aop_client.core.*", "aop_client.config",
