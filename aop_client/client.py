@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import orjson
@@ -459,7 +460,7 @@ class AOPClient:
         option = orjson.OPT_INDENT_2 if pretty else 0
         return orjson.dumps(self.get_trace(), option=option).decode()
 
-    def _write_replay(self) -> Optional[str]:
+    def _write_replay(self) -> Optional[Path]:
         """Write the current run's replay file, unless an identical one was already written."""
         from .replay import write_replay_file
 

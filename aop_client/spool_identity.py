@@ -154,15 +154,13 @@ def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> 
         what.append(f"base_url {ours!r} is not its {theirs!r}" if ours != theirs
                     else f"base_url {ours!r} differs from its own in the query string")
     what += [f"the {name} differs" for name in fields if name != "base_url"]
-    err = ConfigError(
+    return ConfigError(
         f"spool_dir {where!r} holds the events of another destination: {', '.join(what)}. "
         "Each application (server, api_key, org_salt_key) needs its own spool: set spool_dir "
         "(AOP_SPOOL_DIR) to another directory, or leave it unset for the default one of these "
         f"credentials. To move this spool to these credentials on purpose (key rotation), run "
         f"`aop spool adopt --spool {where}` with them (see docs/operations.md).",
-        field=fields[0], value=None)
-    err.fields = tuple(fields)
-    return err
+        field=fields[0], value=None, fields=tuple(fields))
 
 
 def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
@@ -184,14 +182,12 @@ def ensure_bound(store: Any, config: Any) -> None:
     sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
     if foreign:
         salt = "unsigned" if config.org_salt_key is None else "signed with this org_salt_key"
-        err = ConfigError(
+        raise ConfigError(
             f"spool_dir {directory!r} has no identity yet and {foreign} of {sampled} sampled undelivered "
             f"events in it are not {salt}: they were stored by another deployment. Use another spool_dir "
             f"(AOP_SPOOL_DIR), drain this one with `aop flush --spool {directory}` under the credentials "
             f"that stored them, or `aop spool adopt --spool {directory} --force` (see docs/operations.md).",
             field="org_salt_key", value=None)
-        err.fields = ("org_salt_key",)
-        raise err
     if not write_identity(directory, make_identity(config)):
         refuse_other(directory, config)  # another process bound it first: it must be ours too
 
@@ -239,14 +235,12 @@ def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
         changed = _FIELDS if old is None else tuple(differing_fields(old, config))
         sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
         if foreign and not force:
-            err = ConfigError(
+            raise ConfigError(
                 f"{foreign} of {sampled} sampled undelivered events in {directory!r} are not "
                 f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
                 "a server checking the new salt would refuse them. Drain them first with `aop flush` "
                 "under the old credentials, or pass --force to adopt anyway.",
                 field="org_salt_key", value=None)
-            err.fields = ("org_salt_key",)
-            raise err
         if changed:
             write_identity(directory, make_identity(config), replace=True)
     finally:

@@ -236,9 +236,9 @@ def decode_toon_value(
     The broad ``except`` is deliberate: this is the boundary to a foreign
     decoder, and any failure inside it means the input was not acceptable.
     """
-    hooks = {"parse_int": _int_within_double_range} if exact_doubles_only else {}
+    parse_int = _int_within_double_range if exact_doubles_only else None
     try:
-        return toon_format.decode(text, strict=strict, indent_size=indent_size, **hooks)
+        return toon_format.decode(text, strict=strict, indent_size=indent_size, parse_int=parse_int)
     except toon_format.ToonDecodeError as e:
         where = f" in {e.source.strip()[:60]!r}" if e.source else ""
         raise ToonParseError(f"{e.msg}{where}", line=e.line, source_format="toon") from e

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from aiohttp import web
 
@@ -177,8 +177,12 @@ class RunningCollector(_Queries):
 
     def connections(self) -> dict:
         """The connection guard's counters (``connections`` of GET /api/v1/stats), read on the server's loop."""
+        runner = self._runner
+        if runner is None:
+            raise TransportError("the collector is not serving (not started, or stopped)", retryable=False)
+
         async def read() -> dict:
-            return self._runner.app[GUARD_KEY].counters()
+            return runner.app[GUARD_KEY].counters()
 
         return asyncio.run_coroutine_threadsafe(read(), self._loop).result(timeout=30)
 
@@ -272,9 +276,9 @@ class CollectorProcess(_Queries):
         self.stop()
 
 
-def _read_ready_line(popen: subprocess.Popen, timeout: float) -> str:
+def _read_ready_line(popen: "subprocess.Popen[str]", stdout: IO[str], timeout: float) -> str:
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(popen.stdout.readline()), daemon=True)
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
     line = lines[0] if lines else ""
@@ -293,10 +297,11 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     ``preexec_fn`` runs in the child before it starts (e.g. to lower its RLIMIT_NOFILE in a test).
     """
     temp_dir = None
-    if config.db_path is None:
+    db_path = config.db_path
+    if db_path is None:
         temp_dir = tempfile.mkdtemp(prefix="aop-collector-")
-        config = dataclasses.replace(config, db_path=os.path.join(temp_dir, "collector.sqlite3"))
-    config = dataclasses.replace(config, allow_fault_control=True)
+        db_path = os.path.join(temp_dir, "collector.sqlite3")
+    config = dataclasses.replace(config, db_path=db_path, allow_fault_control=True)
     env = dict(os.environ)
     env["AOP_COLLECTOR_API_KEY"] = config.api_key
     if config.org_salt_key is not None:
@@ -305,7 +310,7 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-m", "aop_client.collector", "--host", config.host, "--port", str(config.port),
-            "--db", config.db_path, "--max-body-bytes", str(config.max_body_bytes),
+            "--db", db_path, "--max-body-bytes", str(config.max_body_bytes),
             "--max-decompressed-bytes", str(config.max_decompressed_bytes),
             "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control",
             "--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
@@ -314,5 +319,9 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     if not config.enable_streaming:
         argv.append("--no-streaming")
     popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
-    url = _read_ready_line(popen, timeout)
+    if popen.stdout is None:  # stdout=PIPE: never, but the type says it may be
+        popen.kill()
+        popen.wait(timeout=30)
+        raise TransportError("collector process has no stdout pipe", retryable=False)
+    url = _read_ready_line(popen, popen.stdout, timeout)
     return CollectorProcess(config, popen, url, temp_dir)

@@ -281,13 +281,13 @@ class CollectorStorage:
             self._lock.release()
         return duplicate_flags
 
-    def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list, list[bool], list[int]]:
+    def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list[IncomingEvent], list[bool], list[int]]:
         """(fresh events, duplicate flag per event, rowid of every duplicate arrival) for a batch with repeats."""
         held = self._rowids
         fresh: dict[str, int] = {}
-        fresh_events = []
-        flags = []
-        duplicate_rowids = []
+        fresh_events: list[IncomingEvent] = []
+        flags: list[bool] = []
+        duplicate_rowids: list[int] = []
         for event in events:
             event_id = event[0]
             rowid = held.get(event_id) or fresh.get(event_id)
