@@ -8,7 +8,7 @@ Envelope (key order as built by :func:`make_event`)::
     event_id  str   UUID, the idempotency token, fixed at creation
     run_id    str   UUID of the agent run
     agent_id  int   from the client configuration
-    seq       int   >= 1, 1, 2, 3... without gaps within a run
+    seq       int   1, 2, 3... without gaps within a run, at most MAX_SEQ (2**53 - 1)
     t         str   RFC 3339 UTC with milliseconds: 2025-12-05T10:00:00.000Z
     type      str   one of EVENT_TYPES
     name      str   custom events only: the custom event's name
@@ -16,7 +16,9 @@ Envelope (key order as built by :func:`make_event`)::
                     the caller's own object, as given (protocol v1 section 1)
     sig       str   optional, "v1=" + 64 lowercase hex digits (added at emit time)
 
-Extra top-level fields are allowed (they are signed too).
+Extra top-level fields are allowed (they are signed too). The envelope's rules,
+``EVENT_TYPES`` and ``MAX_SEQ`` are :mod:`aop_client.protocol.envelope`'s: this
+module re-exports them for its callers.
 
 JSON policy: :mod:`aop_client.protocol` defines it once, for the builders, this
 module and signing alike - ``dict`` with ``str`` keys, ``list`` and ``tuple``,
@@ -26,7 +28,8 @@ levels counted from the event (the event is level 1, its payload level 2).
 
 Three validation levels:
 
-* :func:`validate_envelope` - the emit hot path: envelope fields only, a few us.
+* :func:`validate_envelope` - the emit hot path: envelope fields only, a few us
+  (it is :func:`aop_client.protocol.check_envelope`).
 * :func:`validate_event` - envelope, the full JSON walk, payload rules
   (reasoning ``uncertainty`` level, ``steps[i].confidence`` in 0..1) and the
   size bound ``len(orjson.dumps(event)) <= max_event_bytes``.
@@ -43,50 +46,31 @@ and ``field`` name the path (e.g. ``payload.steps[0].confidence``) and value.
 
 from __future__ import annotations
 
-import calendar
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import orjson
 
 from .errors import ValidationError
-from .protocol import ELLIPSIS_PLACEHOLDER, MAX_JSON_DEPTH, MAX_SAFE_INTEGER, check_json, copy_json, segment, show
+from .protocol import (ELLIPSIS_PLACEHOLDER, ENVELOPE_FIELDS, EVENT_TYPES, MAX_JSON_DEPTH, MAX_SAFE_INTEGER, MAX_SEQ,
+                       check_envelope, check_json, copy_json, is_uuid, parse_timestamp, segment)
+from .protocol import field_error as _fail
 
 __all__ = [
     "EVENT_TYPES", "UNCERTAINTY_LEVELS", "ENVELOPE_FIELDS", "DEFAULT_MAX_EVENT_BYTES", "MAX_JSON_DEPTH",
-    "MAX_SAFE_INTEGER", "ELLIPSIS_PLACEHOLDER", "new_event_id", "new_run_id", "format_timestamp",
+    "MAX_SAFE_INTEGER", "MAX_SEQ", "ELLIPSIS_PLACEHOLDER", "new_event_id", "new_run_id", "format_timestamp",
     "parse_timestamp", "make_event", "is_uuid", "validate_envelope", "check_json_value", "copy_json_value",
     "check_confidence", "check_uncertainty", "validate_payload", "check_event_size", "validate_event",
     "validate_imported_event",
 ]
 
-EVENT_TYPES: frozenset[str] = frozenset(
-    {"reasoning", "action_request", "action_response", "final_output", "error", "custom"}
-)
 UNCERTAINTY_LEVELS: frozenset[str] = frozenset({"low", "medium", "high"})
-ENVELOPE_FIELDS: tuple[str, ...] = ("event_id", "run_id", "agent_id", "seq", "t", "type", "payload")
 DEFAULT_MAX_EVENT_BYTES = 1_000_000
 _MAX_UNIX_SECONDS = 253402300800  # 10000-01-01T00:00:00Z, first instant RFC 3339 cannot write
-
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_SIG_RE = re.compile(r"v1=[0-9a-f]{64}")
-_CANONICAL_T_RE = re.compile(
-    r"\d{4}-(?:0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"
-)
-_RFC3339_UTC_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:[Zz]|[+-]00:00)"
-)
-
-
-def _fail(field: str, problem: str, value: Any) -> ValidationError:
-    return ValidationError(f"{field}: {problem}, got {show(value)}", field=field, value=value)
-
 
 def _uuid4_text() -> str:
     """A random (version 4, RFC 4122 variant) UUID in canonical text form.
@@ -127,25 +111,6 @@ def format_timestamp(unix_seconds: float) -> str:
     return f"{prefix}.{millis:03d}Z"
 
 
-def parse_timestamp(s: str) -> float:
-    """Parse an RFC 3339 UTC timestamp (``Z`` or ``+00:00``, optional fraction) into unix seconds."""
-    match = _RFC3339_UTC_RE.fullmatch(s) if isinstance(s, str) else None
-    if match is None:
-        raise _fail("t", "expected an RFC 3339 UTC timestamp like 2025-12-05T10:00:00.000Z", s)
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    try:
-        datetime(year, month, day, hour, minute, second)
-    except ValueError as e:
-        raise _fail("t", f"not a real date and time ({e})", s) from e
-    fraction = float(match.group(7)) if match.group(7) else 0.0
-    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) + fraction
-
-
-def is_uuid(value: Any) -> bool:
-    """Return True when ``value`` is a string in the 8-4-4-4-12 hex UUID form (any case)."""
-    return type(value) is str and _UUID_RE.fullmatch(value) is not None
-
-
 def make_event(
     *,
     run_id: str,
@@ -175,78 +140,7 @@ def make_event(
     return event
 
 
-def _check_t_canonical(t: Any) -> None:
-    match = _CANONICAL_T_RE.fullmatch(t) if type(t) is str else None
-    if match is None:
-        raise _fail("t", "expected RFC 3339 UTC with milliseconds like 2025-12-05T10:00:00.000Z", t)
-    if match.group(1) > "28":  # days 29..31 exist only in some months
-        parse_timestamp(t)
-
-
-_known_good_run_id: str = ""  # the run_id of the previous event (hot path: skip its regex)
-
-
-def _check_identity_fields(event: Mapping) -> None:
-    """Check the optional-in-text fields event_id, run_id, agent_id and sig when present."""
-    global _known_good_run_id
-    event_id = event.get("event_id", _UUID_SAMPLE)
-    if type(event_id) is not str or _UUID_RE.fullmatch(event_id) is None:
-        raise _fail("event_id", "expected a UUID string", event_id)
-    run_id = event.get("run_id", _UUID_SAMPLE)
-    if run_id is not _known_good_run_id:
-        if type(run_id) is not str or _UUID_RE.fullmatch(run_id) is None:
-            raise _fail("run_id", "expected a UUID string", run_id)
-        _known_good_run_id = run_id
-    agent_id = event.get("agent_id", 0)
-    if type(agent_id) is not int:
-        raise _fail("agent_id", "expected an integer", agent_id)
-    sig = event.get("sig")
-    if sig is not None or "sig" in event:
-        if type(sig) is not str or _SIG_RE.fullmatch(sig) is None:
-            raise _fail("sig", 'expected "v1=" followed by 64 lowercase hex digits', sig)
-
-
-_UUID_SAMPLE = "00000000-0000-4000-8000-000000000000"
-
-
-def _check_custom_name(event: Mapping, required: bool) -> None:
-    """A custom event's name is the top-level string ``name`` (protocol v1 section 1)."""
-    name = event.get("name")
-    if type(name) is str and name:
-        return
-    if name is None and "name" not in event:
-        if not required:
-            return
-        raise ValidationError('name: a custom event needs its name as the top-level string field "name"',
-                              field="name")
-    raise _fail("name", "a custom event's name must be a non-empty string", name)
-
-
-def _check_core_fields(event: Any, required: tuple[str, ...], name_required: bool = True) -> None:
-    """Check that the required fields exist and that seq, type (and a custom name) and payload are well formed."""
-    if type(event) is not dict and not isinstance(event, Mapping):
-        raise _fail("event", "expected an object (dict)", event)
-    for name in required:
-        if name not in event:
-            raise ValidationError(f"{name}: required envelope field is missing", field=name)
-    seq = event["seq"]
-    if type(seq) is not int or seq < 1:
-        raise _fail("seq", "expected an integer >= 1", seq)
-    kind = event["type"]
-    if type(kind) is not str or kind not in EVENT_TYPES:
-        raise _fail("type", f"expected one of {sorted(EVENT_TYPES)}", kind)
-    if kind == "custom":
-        _check_custom_name(event, name_required)
-    payload = event["payload"]
-    if type(payload) is not dict and not isinstance(payload, dict):
-        raise _fail("payload", "expected an object (dict)", payload)
-
-
-def validate_envelope(event: Mapping) -> None:
-    """Check the envelope fields only (cheap, emit hot path); raise ValidationError naming the field."""
-    _check_core_fields(event, ENVELOPE_FIELDS)
-    _check_identity_fields(event)
-    _check_t_canonical(event["t"])
+validate_envelope = check_envelope  # the emit hot path's check: the protocol's, under its historic name
 
 
 def check_json_value(value: Any, path: str = "payload", *, exact_doubles_only: bool = True, depth: int = 1,
@@ -334,7 +228,5 @@ def validate_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_B
 
 def validate_imported_event(event: Mapping, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
     """Check an event read from text: seq, t, type, payload required; identity fields optional."""
-    _check_core_fields(event, ("seq", "t", "type", "payload"), name_required=False)
-    _check_identity_fields(event)
-    parse_timestamp(event["t"])
+    check_envelope(event, imported=True)
     _check_body_and_size(event, max_event_bytes)

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from .canonical import canonical_json, canonical_json_of_parsed, large_integers_as_doubles, orjson_form_of_parsed
 from .errors import ConfigError, SignatureError, ValidationError
+from .protocol import EVENT_SIG_RE as _EVENT_SIG
 
 __all__ = [
     "event_signature",
@@ -59,7 +60,6 @@ _OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
 _MAX_CACHED_KEYS = 16
 _keyed_states: dict[Any, tuple[Any, Any]] = {}  # key -> (inner, outer) SHA-256 states; memory only
 _sha256 = hashlib.sha256
-_EVENT_SIG = re.compile(r"v1=[0-9a-f]{64}\Z", re.ASCII)
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
 _TIMESTAMP = re.compile(r"[0-9]{1,15}\Z", re.ASCII)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z", re.ASCII)

@@ -31,14 +31,8 @@ from typing import Any
 import orjson
 
 from .errors import ValidationError
-from .events import (
-    DEFAULT_MAX_EVENT_BYTES,
-    is_uuid,
-    make_event,
-    new_run_id,
-    check_event_size,
-    validate_envelope,
-)
+from .events import DEFAULT_MAX_EVENT_BYTES, check_event_size, make_event, new_run_id
+from .protocol import check_envelope, is_uuid
 from .toon_parser import ToonBuilder
 
 __all__ = ["TraceBuilder", "DEFAULT_MAX_HELD_EVENTS"]
@@ -166,7 +160,7 @@ class TraceBuilder:
                 now=now,
                 name=name,
             )
-            validate_envelope(event)  # the payload was validated and copied by ToonBuilder
+            check_envelope(event)  # the payload was validated and copied by ToonBuilder
             check_event_size(event, self._max_event_bytes)
             self._last_seq += 1
             held = self._held

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import click
 import orjson
 
-from ..errors import SignatureError, ToonParseError
+from ..core.backoff import RetryPolicy
+from ..core.batching import build_batch_body
+from ..core.flush_machine import BatchAttempt, next_step
+from ..core.outcome import Delivered, Retry, classify
+from ..errors import SignatureError, ToonParseError, ValidationError
+from ..protocol import check_envelope
+from ..transport import HttpTransport
 from ._common import (
     EXIT_DAMAGED,
     EXIT_SERVER,
@@ -62,59 +70,90 @@ def load_events(path: str) -> list[dict]:
     return value
 
 
-def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
+def _batches(events: Sequence[dict], max_events: int, max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+    """``(event_id, body)`` lists within the batch bounds (the events' envelopes were checked)."""
+    batch: list[tuple[str, bytes]] = []
     size = 0
     for event in events:
         body = orjson.dumps(event)
         if batch and (len(batch) >= max_events or size + len(body) > max_bytes):
             yield batch
             batch, size = [], 0
-        batch.append(body)
+        batch.append((event["event_id"], body))
         size += len(body) + 1
     if batch:
         yield batch
 
 
-def _post(transport: Any, bodies: list[bytes]) -> dict:
-    """POST one batch (new batch_id); on 413/400 split it in halves as the protocol says.
+@dataclass
+class _Totals:
+    """What a replay did, as ``--json`` prints it."""
 
-    Returns the summed 200 answers; a single event still refused with 413/400 is
-    counted as rejected. Any other failure raises CliError (exit 3).
+    files: int
+    events: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)  # dead letters: {"event_id", "reason"}
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "events": self.events, "accepted": self.accepted,
+                "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+def _sendable(events: Sequence[dict], totals: _Totals) -> list[dict]:
+    """The events whose envelope the protocol accepts; the others are reported rejected, never sent."""
+    good = []
+    for event in events:
+        try:
+            check_envelope(event, check_sig=False)  # the signature is the server's to judge
+        except ValidationError as e:
+            event_id = event.get("event_id")
+            totals.rejected.append({"event_id": event_id if isinstance(event_id, str) else None,
+                                    "reason": f"not sent: {e}"})
+        else:
+            good.append(event)
+    return good
+
+
+def _deliver(transport: HttpTransport, batch: list[tuple[str, bytes]], policy: RetryPolicy, rng: random.Random,
+             totals: _Totals) -> None:
+    """Deliver one batch as the flusher does: ``classify`` judges each answer, ``next_step`` says what follows.
+
+    Retryable answers (timeouts, 408/425/429/5xx) are retried with the policy's
+    backoff (Retry-After as a floor), 400/413 split the batch, refused events are
+    dead letters in ``totals.rejected``. A pause (401/403, 1xx/3xx) or a batch that
+    used up its retries raises CliError (exit 3): waiting longer is the flusher's job.
     """
-    from ..core.batching import build_batch_body
-
-    batch_id = str(uuid.uuid4())
-    response = transport.post_batch(batch_id, build_batch_body(batch_id, bodies), now=time.time())
-    if response.status is None:
-        raise CliError(f"cannot reach {transport.base_url}: {response.error}", EXIT_SERVER)
-    if response.status in (400, 413):
-        if len(bodies) > 1:
-            half = len(bodies) // 2
-            first, second = _post(transport, bodies[:half]), _post(transport, bodies[half:])
-            return {"accepted": first["accepted"] + second["accepted"],
-                    "duplicates": first["duplicates"] + second["duplicates"],
-                    "rejected": first["rejected"] + second["rejected"]}
-        event_id = _event_id_of(bodies[0])
-        why = "too large for the server (413)" if response.status == 413 else "malformed for the server (400)"
-        return {"accepted": 0, "duplicates": 0, "rejected": [{"event_id": event_id, "reason": why}]}
-    if response.status != 200:
-        detail = response.body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-        raise CliError(f"server {transport.base_url} refused the batch: HTTP {response.status} {detail}", EXIT_SERVER)
-    try:
-        answer = orjson.loads(response.body)
-        return {"accepted": int(answer.get("accepted", 0)), "duplicates": int(answer.get("duplicates", 0)),
-                "rejected": list(answer.get("rejected") or [])}
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
-        raise CliError(f"server {transport.base_url} answered 200 with an unreadable body", EXIT_SERVER) from e
-
-
-def _event_id_of(body: bytes) -> Optional[str]:
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return value.get("event_id") if isinstance(value, dict) else None
+    ids = tuple(event_id for event_id, _ in batch)
+    queue: list[tuple[BatchAttempt, list[bytes]]] = [(BatchAttempt(str(uuid.uuid4()), ids), [b for _, b in batch])]
+    while queue:
+        attempt, part = queue.pop(0)
+        body = build_batch_body(attempt.batch_id, part)
+        while True:
+            response = transport.post_batch(attempt.batch_id, body, now=time.time())
+            outcome = classify(response.status, response.headers, response.body, batch_event_ids=attempt.event_ids,
+                               now=time.time(), error=response.error, truncated=response.truncated)
+            step = next_step(attempt, outcome, policy, rng.random())
+            if isinstance(outcome, Delivered):
+                totals.accepted += len(step.ack) - outcome.duplicates
+                totals.duplicates += outcome.duplicates
+            totals.rejected.extend({"event_id": event_id, "reason": reason} for event_id, reason in step.dead)
+            if step.halves:
+                cut = len(step.halves[0])
+                queue[:0] = [(BatchAttempt(str(uuid.uuid4()), step.halves[0]), part[:cut]),
+                             (BatchAttempt(str(uuid.uuid4()), step.halves[1]), part[cut:])]
+            if step.paused:
+                raise CliError(f"server {transport.base_url} refused the batch: {step.reason}", EXIT_SERVER)
+            if step.fallback:
+                tries = attempt.failures + 1
+                if isinstance(outcome, Retry) and outcome.status is None:
+                    raise CliError(f"cannot reach {transport.base_url} ({tries} attempts): {step.reason}", EXIT_SERVER)
+                raise CliError(f"server {transport.base_url} did not take a batch of {len(part)} events "
+                               f"({tries} attempts): {step.reason}", EXIT_SERVER)
+            if step.retry is None:
+                break
+            attempt = step.retry
+            time.sleep(step.delay)  # the backoff itself, bounded by --max-wait
 
 
 @click.command()
@@ -122,36 +161,44 @@ def _event_id_of(body: bytes) -> Optional[str]:
 @click.option("--to", "to_url", default=None, metavar="URL", help="server URL (default $AOP_BASE_URL)")
 @click.option("--api-key", default=None, help="API key (default $AOP_API_KEY)")
 @server_options
+@click.option("--max-retries", type=click.IntRange(min=1), default=None, metavar="N",
+              help="failed attempts per batch before giving up (default $AOP_MAX_RETRIES, 3)")
+@click.option("--max-wait", type=click.FloatRange(min=0.0), default=10.0, show_default=True, metavar="SECONDS",
+              help="longest wait between two attempts (Retry-After included)")
 @click.option("--json", "as_json", is_flag=True, help="print the totals as JSON")
 def replay(files: tuple[str, ...], to_url: Optional[str], api_key: Optional[str], key: Optional[str],
-           as_json: bool) -> None:
-    """Send the events of replay or fallback files again (the server dedupes them by event_id)."""
-    from ..transport import HttpTransport
+           max_retries: Optional[int], max_wait: float, as_json: bool) -> None:
+    """Send the events of replay or fallback files again (the server dedupes them by event_id).
 
+    Answers are judged as the flusher judges them (protocol section 2): 429/5xx and
+    timeouts are retried with backoff, 400/413 split the batch, refused events are
+    reported (exit 1); refused credentials or a batch out of retries stop (exit 3).
+    """
     config = build_config(base_url=to_url, api_key=api_key, key=key)
     loaded = [(path, load_events(path)) for path in files]  # every file checked before anything is sent
+    cap = min(config.retry_backoff_max, max_wait)
+    policy = RetryPolicy(max_retries=config.max_retries if max_retries is None else max_retries,
+                         base=min(config.retry_backoff_base, cap), cap=cap)
     transport = HttpTransport(config.base_url, config.api_key, config.org_salt_key, verify_ssl=config.verify_ssl,
                               connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
                               gzip_threshold=config.gzip_threshold)
-    totals = {"files": len(files), "events": 0, "accepted": 0, "duplicates": 0, "rejected": []}
+    totals = _Totals(files=len(files))
+    rng = random.Random()
     try:
         for _path, events in loaded:
-            totals["events"] += len(events)
-            for bodies in _batches(events, config.batch_size, config.max_batch_bytes):
-                answer = _post(transport, bodies)
-                totals["accepted"] += answer["accepted"]
-                totals["duplicates"] += answer["duplicates"]
-                totals["rejected"].extend(answer["rejected"])
+            totals.events += len(events)
+            for batch in _batches(_sendable(events, totals), config.batch_size, config.max_batch_bytes):
+                _deliver(transport, batch, policy, rng, totals)
     finally:
         transport.close()
     if as_json:
-        click.echo(orjson.dumps(totals).decode())
+        click.echo(orjson.dumps(totals.as_dict()).decode())
     else:
-        click.echo(f"replayed {totals['events']} events from {len(files)} files: {totals['accepted']} accepted, "
-                   f"{totals['duplicates']} duplicates, {len(totals['rejected'])} rejected")
-    if totals["rejected"]:
-        first = totals["rejected"][0]
-        raise CliError(f"{len(totals['rejected'])} events rejected (first: {first.get('event_id')}: "
+        click.echo(f"replayed {totals.events} events from {len(files)} files: {totals.accepted} accepted, "
+                   f"{totals.duplicates} duplicates, {len(totals.rejected)} rejected")
+    if totals.rejected:
+        first = totals.rejected[0]
+        raise CliError(f"{len(totals.rejected)} events rejected (first: {first.get('event_id')}: "
                        f"{first.get('reason')})", EXIT_UNDELIVERED)
 
 

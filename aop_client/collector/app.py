@@ -194,6 +194,13 @@ def _inline_body(state: CollectorState, raw: bytes, encoding: Optional[str]) -> 
         raise
 
 
+def _refuse_poison(state: CollectorState, judged: JudgedBatch) -> None:
+    """400 for a batch holding a poison event of the fault configuration (nothing of it is stored)."""
+    poison = state.injector.poisoned([e[0] for e in judged.accepted] + [r["event_id"] for r in judged.rejected])
+    if poison is not None:
+        raise RequestRefused(400, f"injected fault: batch holds poison event {poison}")
+
+
 async def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[str], signature: Optional[str],
                          request: web.Request, now: float) -> tuple[int, dict, dict]:
     """Decode, verify and store one batch; (status, answer body, request-log fields)."""
@@ -203,10 +210,12 @@ async def _process_batch(state: CollectorState, raw: bytes, encoding: Optional[s
     if body is not None:
         check_request_signature(body, signature, config.org_salt_key, now=now, tolerance=config.signature_tolerance)
         judged = judge_batch(body, idempotency_key, config.org_salt_key)
+        _refuse_poison(state, judged)
         flags = await state.write(state.storage.insert_batch, judged.batch_id, judged.accepted, now=now)
     else:
         judged = await asyncio.get_running_loop().run_in_executor(
             state.executor, _judged_batch, state, raw, encoding, signature, idempotency_key, now)
+        _refuse_poison(state, judged)
         flags = await state.write_in_pool(state.storage.insert_batch, judged.batch_id, judged.accepted, now=now)
     duplicates = sum(flags)
     accepted = len(judged.accepted) - duplicates

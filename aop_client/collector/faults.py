@@ -10,6 +10,10 @@ stored, the client sees the failure) or ``after`` storing but before
 answering (the events are stored, the client still sees a failure and must
 retry, and the server deduplicates the retry), chosen per fault with
 probability ``after_store_probability``.
+
+Besides the random faults, ``poison_event_ids`` makes the server refuse with 400,
+before anything is stored, every batch that holds one of those events: the
+malformed-for-this-server event a client must isolate by splitting (protocol section 2).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 import random
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 from ..errors import ConfigError
 
@@ -97,6 +101,7 @@ class FaultConfig:
     after_store_probability: float = 0.0  # share of faults that strike after the events were stored
     endpoints: frozenset = frozenset({"batch", "complete"})  # which routes faults apply to
     seed: Optional[int] = None
+    poison_event_ids: frozenset = frozenset()  # a batch holding any of these event ids gets 400, nothing stored
 
     def __post_init__(self) -> None:
         for name, _kind in _RATE_FIELDS:
@@ -114,6 +119,11 @@ class FaultConfig:
             raise ConfigError(f"FaultConfig.endpoints has unknown names {sorted(unknown)!r}", field="endpoints",
                               value=sorted(unknown))
         object.__setattr__(self, "endpoints", frozenset(self.endpoints))
+        if isinstance(self.poison_event_ids, (str, bytes)) or not all(
+                isinstance(i, str) for i in self.poison_event_ids):
+            raise ConfigError("FaultConfig.poison_event_ids must be a collection of event id strings",
+                              field="poison_event_ids", value=repr(self.poison_event_ids)[:80])
+        object.__setattr__(self, "poison_event_ids", frozenset(self.poison_event_ids))
 
     @property
     def total_rate(self) -> float:
@@ -162,3 +172,12 @@ class FaultInjector:
             if config.total_rate == 0.0 or endpoint not in config.endpoints:
                 return None
             return decide_fault(config, self._rng)
+
+    def poisoned(self, event_ids: Iterable[object]) -> Optional[str]:
+        """The first of ``event_ids`` that is a poison event (its batch gets 400), or None."""
+        poison = self._config.poison_event_ids
+        if poison:
+            for event_id in event_ids:
+                if event_id in poison:
+                    return str(event_id)
+        return None

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 from aiohttp import web
 
@@ -50,6 +50,7 @@ def faults_to_json(faults: FaultConfig) -> str:
     """Serialise a FaultConfig (for the CLI's environment and the fault-control route)."""
     fields = dataclasses.asdict(faults)
     fields["endpoints"] = sorted(faults.endpoints)
+    fields["poison_event_ids"] = sorted(faults.poison_event_ids)
     return json.dumps(fields)
 
 
@@ -179,7 +180,7 @@ class RunningCollector(_Queries):
         """The connection guard's counters (``connections`` of GET /api/v1/stats), read on the server's loop."""
         runner = self._runner
         if runner is None:
-            raise TransportError("the collector is not serving (not started, or stopped)", retryable=False)
+            raise RuntimeError("the collector is not running")
 
         async def read() -> dict:
             return runner.app[GUARD_KEY].counters()
@@ -276,8 +277,11 @@ class CollectorProcess(_Queries):
         self.stop()
 
 
-def _read_ready_line(popen: "subprocess.Popen[str]", stdout: IO[str], timeout: float) -> str:
+def _read_ready_line(popen: subprocess.Popen, timeout: float) -> str:
     lines: list[str] = []
+    stdout = popen.stdout
+    if stdout is None:
+        raise RuntimeError("the collector process has no stdout pipe")
     reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
     reader.start()
     reader.join(timeout)
@@ -297,11 +301,10 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     ``preexec_fn`` runs in the child before it starts (e.g. to lower its RLIMIT_NOFILE in a test).
     """
     temp_dir = None
-    db_path = config.db_path
-    if db_path is None:
+    if config.db_path is None:
         temp_dir = tempfile.mkdtemp(prefix="aop-collector-")
-        db_path = os.path.join(temp_dir, "collector.sqlite3")
-    config = dataclasses.replace(config, db_path=db_path, allow_fault_control=True)
+        config = dataclasses.replace(config, db_path=os.path.join(temp_dir, "collector.sqlite3"))
+    config = dataclasses.replace(config, allow_fault_control=True)
     env = dict(os.environ)
     env["AOP_COLLECTOR_API_KEY"] = config.api_key
     if config.org_salt_key is not None:
@@ -310,7 +313,7 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-m", "aop_client.collector", "--host", config.host, "--port", str(config.port),
-            "--db", db_path, "--max-body-bytes", str(config.max_body_bytes),
+            "--db", str(config.db_path), "--max-body-bytes", str(config.max_body_bytes),
             "--max-decompressed-bytes", str(config.max_decompressed_bytes),
             "--signature-tolerance", str(config.signature_tolerance), "--enable-fault-control",
             "--header-timeout", repr(config.header_timeout), "--body-timeout", repr(config.body_timeout),
@@ -319,9 +322,5 @@ def start_collector_process(config: CollectorConfig, *, timeout: float = 30.0,
     if not config.enable_streaming:
         argv.append("--no-streaming")
     popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
-    if popen.stdout is None:  # stdout=PIPE: never, but the type says it may be
-        popen.kill()
-        popen.wait(timeout=30)
-        raise TransportError("collector process has no stdout pipe", retryable=False)
-    url = _read_ready_line(popen, popen.stdout, timeout)
+    url = _read_ready_line(popen, timeout)
     return CollectorProcess(config, popen, url, temp_dir)

@@ -16,6 +16,7 @@ import time
 from typing import Callable, Iterable
 
 from ..errors import StoreError, ValidationError
+from ..protocol import MAX_SEQ
 from . import state
 from .api import AppendResult, Durability, FullPolicy, StoredEvent
 from . import fork_guard
@@ -145,7 +146,7 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
             seen, conn = repair.file_id(self._index_path), None
             try:
                 foreign = secure_index_files(self.directory, self.quarantine_dir)  # before SQLite opens them
-                conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = state.open_index(self._index_path, fsync=self._fsync, wal_pages=self._reserve.wal_pages)
                 self._index_gen = state.meta_value(conn, "rebuilds")
                 if foreign:
                     with state.Txn(conn):
@@ -180,8 +181,8 @@ class DiskStore(SpacePressureMixin, IndexRepair, InspectionMixin):
             raise ValidationError(f"event_id must be 1..1024 bytes, got {event_id!r}", field="event_id", value=event_id)
         if len(rid) > 1024:
             raise ValidationError(f"run_id longer than 1024 bytes: {run_id[:64]!r}...", field="run_id", value=run_id)
-        if type(seq) is not int or seq < 0 or seq >= 2**64:
-            raise ValidationError(f"seq must be an int in 0..2**64-1, got {seq!r}", field="seq", value=seq)
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQ:  # the protocol's bound (0: store-only records)
+            raise ValidationError(f"seq must be an int in 0..{MAX_SEQ}, got {seq!r}", field="seq", value=seq)
         if len(body) > self.max_event_bytes:
             return self._drop("too_large")
         record = encode_record(eid, rid, seq, body, next_ord(), self._clock())

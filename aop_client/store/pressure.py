@@ -2,8 +2,9 @@
 
 The mechanism is described in docs/design.md (section 8a) and reserve.py. This
 mixin holds the DiskStore methods for it: ``_disk_full`` (an append met ENOSPC
-or the floor), ``_check_space`` (the flusher side's once-a-second look that
-reclaims delivered events early under pressure and puts the reserve back),
+or the floor), ``_check_space`` (the flusher side's look at the free space, on each
+lease, that reclaims delivered events early under pressure and puts the
+reserve back),
 ``_with_room`` and ``_index_full`` (free the reserve when the index cannot
 write), and the drop counts' flush (also at interpreter exit).
 """
@@ -86,17 +87,24 @@ class SpacePressureMixin:
         """Enter or leave disk pressure; under it the WAL is checkpointed every few pages, so it stays small."""
         if low != self._pressure and self._conn is not None:
             with self._lock:
-                self._conn.execute(f"PRAGMA wal_autocheckpoint={state.WAL_PAGES_LOW if low else state.WAL_PAGES}")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={state.WAL_PAGES_LOW if low else self._reserve.wal_pages}")
         self._pressure = low
 
     def _check_space(self) -> None:
-        """Flusher side, at most once a second: under disk pressure reclaim delivered events at once
-        (pending ones are never touched), truncate the WAL, and put the reserve back when room returns."""
+        """Flusher side, on each call (two syscalls a batch, never per append): enter or leave disk
+        pressure. On entering it, and at most once a second while it lasts, reclaim delivered events
+        at once (pending ones are never touched) and truncate the WAL; put the reserve back when room
+        returns.
+
+        Looked at on every call, not once a second: between two looks the drain keeps writing the
+        index (retained rows), and the space it takes must not be gone before pressure is noticed.
+        """
         now = time.monotonic()
-        if now - self._space_checked_at < SPACE_CHECK_INTERVAL:
+        was_low = self._pressure
+        self._set_pressure(self._reserve.low())
+        if now - self._space_checked_at < SPACE_CHECK_INTERVAL and (was_low or not self._pressure):
             return
         self._space_checked_at = now
-        self._set_pressure(self._reserve.low())
         if self._pressure:
             self._with_room(lambda: self._reclaim_locked(self._clock(), pressure=True))
         self._reserve.ensure()

@@ -229,7 +229,7 @@ class IndexRepair:
             except sqlite3.Error:
                 self._forget_index()
                 aside = rebuild_by_replacing(image, self._index_path, self.quarantine_dir, stamp)
-                conn = state.open_index(self._index_path, fsync=self._fsync)
+                conn = state.open_index(self._index_path, fsync=self._fsync, wal_pages=self._reserve.wal_pages)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot rebuild store index {self._index_path!r} after {cause}: {e}") from e
         finally:

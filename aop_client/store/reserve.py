@@ -19,15 +19,28 @@ never through a link) holds ``size`` bytes for the index:
   flusher side then keeps no delivered event and reclaims at once (see
   maintenance.py).
 
-The size is 1 MiB, or 1/16 of a smaller filesystem. Everything here is best
-effort: a read-only spool, another owner or an unsupported filesystem leaves
-the store working as it would without a reserve.
+The size is 1 MiB, or 1/16 of a smaller filesystem. ``wal_pages`` bounds the
+index's write-ahead log (its automatic checkpoint threshold) by 1/64 of the
+filesystem, between WAL_PAGES_LOW and WAL_PAGES pages. The reclaim that gives
+space back starts with a checkpoint, which may need as much room in the main
+file as the WAL holds: with the bound that is at most a quarter of the reserve
+on a filesystem of up to 16 MiB (the rest covers the transaction that crosses
+the threshold), at most the reserve up to 64 MiB, so it fits even when another
+writer has taken every other block; on larger filesystems the floor, which
+counts the WAL, leaves it that room. (With the WAL bounded only by WAL_PAGES,
+16 MiB, a 4 MiB filesystem's WAL grew to 1.4 MiB that no checkpoint could
+copy out once the disk was full: the drain stopped for good.)
+
+Everything here is best effort: a read-only spool, another owner or an
+unsupported filesystem leaves the store working as it would without a reserve.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+
+from .state import PAGE_BYTES, WAL_PAGES, WAL_PAGES_LOW
 
 RESERVE_NAME = "index.reserve"
 MAX_RESERVE = 1 << 20
@@ -47,6 +60,7 @@ class SpaceReserve:
         except OSError:
             fs_size = MAX_RESERVE * 16
         self.size = max(MIN_RESERVE, min(MAX_RESERVE, fs_size // 16)) // 4096 * 4096
+        self.wal_pages = max(WAL_PAGES_LOW, min(WAL_PAGES, fs_size // 64 // PAGE_BYTES))
 
     def free_bytes(self) -> int:
         """Bytes an unprivileged writer may still allocate on the spool's filesystem."""

@@ -24,6 +24,7 @@ PENDING, IN_FLIGHT, DELIVERED, DEAD, FALLBACK = 0, 1, 2, 3, 4
 UNDELIVERED = (PENDING, IN_FLIGHT, FALLBACK)
 WAL_PAGES = 4096  # WAL pages before an automatic checkpoint: fewer checkpoint fsyncs on the drain path
 WAL_PAGES_LOW = 16  # under disk pressure: the WAL restarts from its start instead of growing
+PAGE_BYTES = 4096  # SQLite's default page size, which the index uses
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -54,8 +55,12 @@ def run_key(run_id: str) -> int:
     return zlib.crc32(run_id.encode())
 
 
-def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
-    """Open (creating 0600) the index database in WAL mode with the schema in place."""
+def open_index(path: str, *, fsync: bool, wal_pages: int = WAL_PAGES) -> sqlite3.Connection:
+    """Open (creating 0600) the index database in WAL mode with the schema in place.
+
+    ``wal_pages``: the WAL's automatic checkpoint threshold (the store bounds it
+    by the size of its filesystem, see reserve.py).
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     os.close(fd)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -63,7 +68,7 @@ def open_index(path: str, *, fsync: bool) -> sqlite3.Connection:
     _set_wal(conn)
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA cache_size=-8000")
-    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 1 and "indexed_total" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)")}:
         with Txn(conn):  # stores created before the column existed

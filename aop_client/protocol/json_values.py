@@ -5,7 +5,7 @@ RFC 7493) reads every number as an IEEE 754 double. This module owns what a
 JSON value of an event may be, for every part of the library that asks: the
 builders and ``validate_event`` (:mod:`aop_client.events`), canonical JSON and
 signing (:mod:`aop_client.canonical`), the hook copy of the emit path and the
-reference collector. Issue 13 gathers the rest of the protocol's rules here.
+reference collector. The envelope's rules are :mod:`aop_client.protocol.envelope`'s.
 
 Limits:
 
@@ -33,7 +33,7 @@ import re
 import reprlib
 from typing import Any
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 __all__ = [
     "MAX_SAFE_INTEGER", "MAX_JSON_DEPTH", "MAX_DOCUMENT_DEPTH", "ELLIPSIS_PLACEHOLDER", "TOO_DEEP",
