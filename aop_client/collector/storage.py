@@ -172,14 +172,14 @@ class CollectorStorage:
         self._stop_checkpoints = threading.Event()
         self._checkpointer: Optional[threading.Thread] = None
         if db_path is not None and checkpoints:
-            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="aop-collector-checkpoint",
-                                                  daemon=True)
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(db_path,),
+                                                  name="aop-collector-checkpoint", daemon=True)
             self._checkpointer.start()
 
-    def _checkpoint_loop(self) -> None:
+    def _checkpoint_loop(self, db_path: str) -> None:
         """Copy committed WAL frames into the database off the commit path (PASSIVE: never blocks writers)."""
         try:
-            conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)  # type: ignore[arg-type]
+            conn = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
         except sqlite3.Error:
             return
         try:
