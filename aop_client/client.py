@@ -20,12 +20,12 @@ import time
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import orjson
 
 from . import forking
-from .config import ClientConfig
+from .config import ClientConfig, RedactionHook
 from .delivery_report import FailureReporter
 from .errors import AOPError, ConfigError, StoreError, ValidationError
 from .events import validate_envelope
@@ -33,6 +33,9 @@ from .protocol import check_json, copy_json
 from .signing import signed_body
 from .trace_builder import TraceBuilder, merge_trace
 from .trace_files import write_replay_file
+
+if TYPE_CHECKING:
+    from .store.api import Store
 
 __all__ = ["AOPClient", "EmitResult"]
 
@@ -74,7 +77,7 @@ class AOPClient:
         self.trace_builder = TraceBuilder(self.config.agent_id, emitted_source=_StoredTrace(self))
         self._key = self.config.org_salt_key
         self._lock = threading.RLock()
-        self._store: Any = None
+        self._store: Optional[Store] = None
         self._store_gen = -1  # the fork generation (aop_client.forking) that opened _store
         self._store_failed: Optional[tuple[int, float, str]] = None  # (fork generation, monotonic time, why) of a failed open
         self._flusher: Any = None
@@ -85,15 +88,15 @@ class AOPClient:
         self._emitted_run: Optional[str] = None  # the last run this client stored an event of
         self._last_error: Optional[str] = None
         self._since_wakeup = 0
-        self._run_completion: Optional[dict] = None  # the server's last run-completion answer
-        self._replay_written: Optional[tuple] = None  # (run_id, next_seq) of the last replay file
+        self._run_completion: Optional[dict[str, Any]] = None  # the server's last run-completion answer
+        self._replay_written: Optional[tuple[str, int]] = None  # (run_id, next_seq) of the last replay file
         self._drop_reporter = FailureReporter(None, log)  # rate-limited WARNINGs for dropped events
         forking.register(forking.CLIENT, self)
 
     # ------------------------------------------------------------------ store
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         """The durable store behind this client (opened on first use, reopened after fork).
 
         Opening it checks the spool's binding (:mod:`aop_client.spool_identity`): a spool of
@@ -111,7 +114,7 @@ class AOPClient:
                 store = self._store
         return store
 
-    def _open_store(self) -> Any:
+    def _open_store(self) -> Store:
         """Open and check the store (caller holds self._lock); remembers a failure to back off."""
         failed = self._store_failed
         if failed is not None and failed[0] == forking.generation and time.monotonic() - failed[1] < _STORE_RETRY:
@@ -127,7 +130,7 @@ class AOPClient:
         self._store_failed = None
         return store
 
-    def _open_bound(self) -> Any:
+    def _open_bound(self) -> Store:
         from .spool_identity import open_bound
         from .store import DiskStore
 
@@ -146,7 +149,7 @@ class AOPClient:
 
     # ------------------------------------------------------------------- emit
 
-    def emit_event(self, event: dict) -> EmitResult:
+    def emit_event(self, event: dict[str, Any]) -> EmitResult:
         """Validate, redact, sign and durably store one event; never raises transport errors."""
         validate_envelope(event)
         event_id, run_id = event["event_id"], event["run_id"]
@@ -189,7 +192,7 @@ class AOPClient:
                 flusher.wakeup()
         return EmitResult(True, event_id, run_id, body, seq=event["seq"])
 
-    def _redact(self, hook: Any, event: dict) -> tuple[Optional[dict], Optional[str]]:
+    def _redact(self, hook: RedactionHook, event: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
         """Run the redaction hook on a private copy: (event, None), or (None, why it was dropped).
 
         None from the hook drops the event; an exception, or a result that is no longer a
@@ -446,7 +449,7 @@ class AOPClient:
         return out
 
 
-    def get_trace(self) -> list[dict]:
+    def get_trace(self) -> list[dict[str, Any]]:
         """The current run's events in seq order: emitted ones read back from the store, created ones held.
 
         Emitted events are returned as stored (redacted, with ``sig``) while the store keeps
@@ -457,7 +460,7 @@ class AOPClient:
         builder = self.trace_builder
         return merge_trace(self._stored_trace(builder.run_id), builder.held_events())
 
-    def _stored_trace(self, run_id: str) -> Iterator[dict]:
+    def _stored_trace(self, run_id: str) -> Iterator[dict[str, Any]]:
         """The stored events of one run this client emitted into (none, and no store opened, otherwise)."""
         if run_id != self._emitted_run:
             return iter(())
@@ -494,7 +497,7 @@ class _StoredTrace:
     def __init__(self, client: "AOPClient") -> None:
         self._client = weakref.ref(client)
 
-    def __call__(self, run_id: str) -> Iterator[dict]:
+    def __call__(self, run_id: str) -> Iterator[dict[str, Any]]:
         client = self._client()
         return client._stored_trace(run_id) if client is not None else iter(())
 

@@ -23,9 +23,9 @@ from .errors import ConfigError
 
 __all__ = ["ClientConfig", "default_spool_root", "normalized_base_url", "public_base_url"]
 
-RedactionHook = Callable[[dict], Optional[dict]]
-PreSendHook = Callable[[dict], None]
-PostSendHook = Callable[[dict, bool], None]
+RedactionHook = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+PreSendHook = Callable[[dict[str, Any]], None]
+PostSendHook = Callable[[dict[str, Any], bool], None]
 
 _SECRET_FIELDS = frozenset({"api_key", "org_salt_key"})
 _TRUE = frozenset({"1", "true", "yes", "on"})

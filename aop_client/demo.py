@@ -31,7 +31,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypedDict
+
+if TYPE_CHECKING:
+    from .config import ClientConfig
 
 __all__ = ["Summary", "Progress", "run_demo", "KILL_AT_FRACTION"]
 
@@ -76,7 +79,18 @@ class Progress:
     phase: str
 
 
-def _client_config(spec: dict, agent_id: int) -> Any:
+class _Spec(TypedDict):
+    """What every child process of the demo needs (a plain dict at run time: it pickles for spawn)."""
+
+    api_key: str
+    org_salt_key: Optional[str]
+    url: str
+    spool: str
+    timeout: float
+    pace: float
+
+
+def _client_config(spec: _Spec, agent_id: int) -> "ClientConfig":
     from .config import ClientConfig
 
     return ClientConfig(
@@ -86,7 +100,7 @@ def _client_config(spec: dict, agent_id: int) -> Any:
     )
 
 
-def _flusher_only_main(spec: dict, stop: Any) -> None:
+def _flusher_only_main(spec: _Spec, stop: Any) -> None:
     """Child process: run a client's flusher (it wins the election first) until stopped or killed."""
     from .client import AOPClient
 
@@ -119,7 +133,7 @@ def _agent_run(builder: Any, rng: random.Random, n: int) -> list[dict]:
     return [make() for make in makers[:n]]
 
 
-def _worker_main(spec: dict, index: int, events: int, seed: int, counter: Any, results: Any) -> None:
+def _worker_main(spec: _Spec, index: int, events: int, seed: int, counter: Any, results: Any) -> None:
     """Child process: one agent emitting ``events`` events in runs of four, then finalize and stop."""
     from .client import AOPClient
 
@@ -172,7 +186,7 @@ def run_demo(workers: int = 4, events: int = 250, *, seed: Optional[int] = None,
         collector = start_collector(CollectorConfig(
             api_key="demo-" + secrets.token_urlsafe(16), org_salt_key=secrets.token_urlsafe(24), port=0,
             db_path=str(tmp / "collector.sqlite3")))
-        spec = {"api_key": collector.api_key, "org_salt_key": collector.org_salt_key, "url": collector.url,
+        spec: _Spec = {"api_key": collector.api_key, "org_salt_key": collector.org_salt_key, "url": collector.url,
                 "spool": str(tmp / "spool"), "timeout": timeout, "pace": pace}
         ctx = multiprocessing.get_context("spawn")
         deadline = time.monotonic() + timeout
@@ -180,6 +194,9 @@ def run_demo(workers: int = 4, events: int = 250, *, seed: Optional[int] = None,
         stop_flusher = ctx.Event()
         victim = ctx.Process(target=_flusher_only_main, args=(spec, stop_flusher), name="aop-demo-flusher")
         victim.start()
+        victim_pid = victim.pid
+        if victim_pid is None:  # start() sets it
+            raise RuntimeError("the flusher-only process did not start")
         children.append(victim)
         notify(Progress(planned, 0, 0, "electing the flusher"))
         if _wait_for_holder(election, lambda h: h["pid"] == victim.pid, deadline,
@@ -207,10 +224,10 @@ def run_demo(workers: int = 4, events: int = 250, *, seed: Optional[int] = None,
                 first_emit = time.monotonic()
             if killed_pid is None and emitted >= KILL_AT_FRACTION * planned:
                 holder = election.holder()
-                if holder and holder.get("alive") and holder.get("pid") == victim.pid:
-                    os.kill(victim.pid, signal.SIGKILL)
+                if holder and holder.get("alive") and holder.get("pid") == victim_pid:
+                    os.kill(victim_pid, signal.SIGKILL)
                     killed_at = time.monotonic()
-                    killed_pid = victim.pid
+                    killed_pid = victim_pid
                     notify(Progress(planned, emitted, len(held), f"killed flusher pid {killed_pid}"))
                     if _wait_for_holder(election, lambda h: h["pid"] != killed_pid, deadline):
                         takeover = time.monotonic() - killed_at

@@ -19,7 +19,7 @@ through ``multiprocessing`` or ``concurrent.futures``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "AOPError",
@@ -35,10 +35,12 @@ __all__ = [
 ]
 
 
-def _rebuild(cls: type, args: tuple, state: dict) -> "AOPError":
+def _rebuild(cls: "type[AOPError]", args: tuple[object, ...], state: dict[str, object]) -> "AOPError":
+    err: AOPError
     if issubclass(cls, OSError):  # OSError fills errno/strerror from args in __new__
-        err = OSError.__new__(cls, *args)
-        OSError.__init__(err, *args)
+        os_err = OSError.__new__(cls, *args)
+        OSError.__init__(os_err, *args)
+        err = os_err
     else:
         err = Exception.__new__(cls)
         Exception.__init__(err, *args)
@@ -49,17 +51,23 @@ def _rebuild(cls: type, args: tuple, state: dict) -> "AOPError":
 class AOPError(Exception):
     """Root of every error that aop_client raises on purpose."""
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Callable[..., AOPError], tuple[type[AOPError], tuple[object, ...], dict[str, object]]]:
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigError(AOPError, ValueError):
-    """A configuration field or ``AOP_*`` environment variable has a bad value."""
+    """A configuration field or ``AOP_*`` environment variable has a bad value.
 
-    def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+    ``field`` names the (first) offending field; ``fields`` every one of them when
+    several are at fault together (a spool bound to other credentials), else ``(field,)``.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None,
+                 fields: tuple[str, ...] | None = None) -> None:
         super().__init__(message)
         self.field = field
         self.value = value
+        self.fields: tuple[str, ...] = fields if fields is not None else (() if field is None else (field,))
 
 
 class ValidationError(AOPError, ValueError):

@@ -64,7 +64,7 @@ from .errors import ConfigError, FencedError, StoreError
 from .send_pipeline import InOrder, SendPool
 from .store.api import Store, StoredEvent
 from .trace_files import write_fallback_file
-from .transport import HttpTransport
+from .transport import HttpTransport, PreparedBatch
 
 __all__ = ["Flusher"]
 
@@ -399,13 +399,13 @@ class Flusher:
 
     # ------------------------------------------------------------ one batch
 
-    def _prepare(self, events: list[StoredEvent]) -> tuple[BatchAttempt, bytes, Any]:
+    def _prepare(self, events: list[StoredEvent]) -> tuple[BatchAttempt, bytes, PreparedBatch]:
         """The first attempt of a batch, its body and the transport's ready-to-POST request."""
         attempt = self._new_attempt(events)
         body = build_batch_body(attempt.batch_id, [e.body for e in events])
-        return attempt, body, self.transport.prepare_batch(attempt.batch_id, body, now=self.clock())  # type: ignore[attr-defined]
+        return attempt, body, self.transport.prepare_batch(attempt.batch_id, body, now=self.clock())
 
-    def _send(self, events: Sequence[StoredEvent], prepared: Optional[tuple[BatchAttempt, bytes, Any]],
+    def _send(self, events: Sequence[StoredEvent], prepared: Optional[tuple[BatchAttempt, bytes, PreparedBatch]],
               ticket: int, in_order: InOrder, epoch: Optional[int]) -> None:
         """Deliver ``events`` as one batch (and its halves after a split), applying every step to the store.
 
@@ -414,13 +414,14 @@ class Flusher:
         only after every earlier ticket is done, under the epoch of the drain
         that leased the batch.
         """
-        first = prepared if prepared is not None else (self._new_attempt(events), None, None)
+        first: tuple[BatchAttempt, Optional[bytes], Optional[PreparedBatch]] = (
+            prepared if prepared is not None else (self._new_attempt(events), None, None))
         queue: list[tuple[BatchAttempt, list[StoredEvent]]] = [(first[0], list(events))]
         while queue:
             attempt, batch = queue.pop(0)
             by_id = _BatchEvents(batch)
             ready = first[2] if attempt is first[0] else None
-            body = first[1] if ready is not None else build_batch_body(attempt.batch_id, [e.body for e in batch])
+            body = first[1] if ready is not None and first[1] is not None else build_batch_body(attempt.batch_id, [e.body for e in batch])
             failed_here = False
             while True:
                 if self._stop.is_set():
@@ -431,7 +432,7 @@ class Flusher:
                     ready = None  # waited for a send slot too long: sign afresh, well within the server's tolerance
                 started = time.monotonic()
                 if ready is not None:
-                    response, ready = self.transport.post_prepared(ready), None  # type: ignore[attr-defined]
+                    response, ready = self.transport.post_prepared(ready), None
                 else:
                     response = self.transport.post_batch(attempt.batch_id, body, now=self.clock())
                 latency = time.monotonic() - started

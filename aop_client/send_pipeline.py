@@ -96,7 +96,8 @@ class SendPool:
     def _reap(self, *, block: bool) -> None:
         if block and self._running:
             concurrent.futures.wait(self._running, return_when=concurrent.futures.FIRST_COMPLETED)
-        still, finished = [], []
+        still: list[concurrent.futures.Future[None]] = []
+        finished: list[concurrent.futures.Future[None]] = []
         for future in self._running:
             (finished if future.done() else still).append(future)
         self._running = still

@@ -36,11 +36,11 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 import orjson
 
-from .config import default_spool_root, normalized_base_url, public_base_url
+from .config import ClientConfig, default_spool_root, normalized_base_url, public_base_url
 from .errors import ConfigError, StoreError
 from .spool_backlog import foreign_signatures, hold_quiet
 from .store.layout import NotOwnedError, read_owned_file, write_private_file
@@ -56,6 +56,21 @@ IDENTITY_FILE = "identity.json"
 FORMAT = 1
 _FIELDS = ("base_url", "api_key", "org_salt_key")
 _MAX_FILE = 64 * 1024
+
+
+class Spool(Protocol):
+    """What the identity checks need of an opened store: where it lives, and how to close it."""
+
+    @property
+    def directory(self) -> str: ...
+
+    @property
+    def segment_dir(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Spool)
 _checked_legacy: set[tuple[Path, Path]] = set()  # (earlier, new) default spools this process looked at
 
 
@@ -69,7 +84,7 @@ def _fingerprint(secret: Optional[str], label: str, nonce: str) -> Optional[str]
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
+def make_identity(config: ClientConfig, nonce: Optional[str] = None) -> dict[str, Any]:
     """The identity document of ``config``'s destination (base_url in clear, secrets fingerprinted)."""
     nonce = nonce or secrets.token_hex(16)
     return {
@@ -82,7 +97,7 @@ def make_identity(config: Any, nonce: Optional[str] = None) -> dict:
     }
 
 
-def differing_fields(identity: dict, config: Any) -> list[str]:
+def differing_fields(identity: dict[str, Any], config: ClientConfig) -> list[str]:
     """The names of the fields of ``config`` that do not match ``identity`` (empty: the same destination)."""
     mine = make_identity(config, str(identity.get("nonce", "")))
     out = []
@@ -105,7 +120,7 @@ def _path(directory: "str | os.PathLike[str]") -> str:
     return os.path.join(os.fspath(directory), IDENTITY_FILE)
 
 
-def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
+def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict[str, Any]]:
     """The identity of a spool directory, or None when it has none (yet); StoreError if it is unsafe or damaged."""
     path = _path(directory)
     try:
@@ -129,7 +144,7 @@ def read_identity(directory: "str | os.PathLike[str]") -> Optional[dict]:
     return value
 
 
-def write_identity(directory: "str | os.PathLike[str]", identity: dict, *, replace: bool = False) -> bool:
+def write_identity(directory: "str | os.PathLike[str]", identity: dict[str, Any], *, replace: bool = False) -> bool:
     """Write the identity file atomically and durably (layout.write_private_file: 0600, O_EXCL, no link followed).
 
     Without ``replace`` the file is only created: returns False when another process bound
@@ -146,7 +161,7 @@ def write_identity(directory: "str | os.PathLike[str]", identity: dict, *, repla
         raise StoreError(f"cannot write the spool identity {_path(directory)!r}: {e.strerror or e}") from e
 
 
-def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> ConfigError:
+def _refusal(directory: "str | os.PathLike[str]", identity: dict[str, Any], config: ClientConfig, fields: list[str]) -> ConfigError:
     where = os.fspath(directory)
     what = []
     if "base_url" in fields:
@@ -154,18 +169,16 @@ def _refusal(directory: Any, identity: dict, config: Any, fields: list[str]) -> 
         what.append(f"base_url {ours!r} is not its {theirs!r}" if ours != theirs
                     else f"base_url {ours!r} differs from its own in the query string")
     what += [f"the {name} differs" for name in fields if name != "base_url"]
-    err = ConfigError(
+    return ConfigError(
         f"spool_dir {where!r} holds the events of another destination: {', '.join(what)}. "
         "Each application (server, api_key, org_salt_key) needs its own spool: set spool_dir "
         "(AOP_SPOOL_DIR) to another directory, or leave it unset for the default one of these "
         f"credentials. To move this spool to these credentials on purpose (key rotation), run "
         f"`aop spool adopt --spool {where}` with them (see docs/operations.md).",
-        field=fields[0], value=None)
-    err.fields = tuple(fields)
-    return err
+        field=fields[0], value=None, fields=tuple(fields))
 
 
-def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
+def refuse_other(directory: "str | os.PathLike[str]", config: ClientConfig) -> bool:
     """Raise ConfigError when the spool is bound to another destination; True when bound to ours."""
     identity = read_identity(directory)
     if identity is None:
@@ -176,7 +189,7 @@ def refuse_other(directory: "str | os.PathLike[str]", config: Any) -> bool:
     return True
 
 
-def ensure_bound(store: Any, config: Any) -> None:
+def ensure_bound(store: Spool, config: ClientConfig) -> None:
     """Bind an unbound spool to ``config`` (when its backlog is signed with our salt), or check the binding."""
     directory = store.directory
     if refuse_other(directory, config):
@@ -184,19 +197,17 @@ def ensure_bound(store: Any, config: Any) -> None:
     sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
     if foreign:
         salt = "unsigned" if config.org_salt_key is None else "signed with this org_salt_key"
-        err = ConfigError(
+        raise ConfigError(
             f"spool_dir {directory!r} has no identity yet and {foreign} of {sampled} sampled undelivered "
             f"events in it are not {salt}: they were stored by another deployment. Use another spool_dir "
             f"(AOP_SPOOL_DIR), drain this one with `aop flush --spool {directory}` under the credentials "
             f"that stored them, or `aop spool adopt --spool {directory} --force` (see docs/operations.md).",
             field="org_salt_key", value=None)
-        err.fields = ("org_salt_key",)
-        raise err
     if not write_identity(directory, make_identity(config)):
         refuse_other(directory, config)  # another process bound it first: it must be ours too
 
 
-def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
+def open_bound(config: ClientConfig, opener: Callable[[], S]) -> S:
     """Open the store of ``config.spool_path`` with ``opener()`` and check (or make) its binding.
 
     The one gate of every sender: a spool bound to other credentials is refused before it is
@@ -216,7 +227,7 @@ def open_bound(config: Any, opener: Callable[[], Any]) -> Any:
     return store
 
 
-def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
+def adopt(store: Spool, config: ClientConfig, *, force: bool = False) -> dict[str, Any]:
     """Rebind a spool to ``config``'s credentials (key rotation); returns what changed.
 
     Holds the spool's flusher lock throughout and refuses (StoreError) while another
@@ -239,14 +250,12 @@ def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
         changed = _FIELDS if old is None else tuple(differing_fields(old, config))
         sampled, foreign = foreign_signatures(store.segment_dir, config.org_salt_key)
         if foreign and not force:
-            err = ConfigError(
+            raise ConfigError(
                 f"{foreign} of {sampled} sampled undelivered events in {directory!r} are not "
                 f"{'unsigned' if config.org_salt_key is None else 'signed with the new org_salt_key'}; "
                 "a server checking the new salt would refuse them. Drain them first with `aop flush` "
                 "under the old credentials, or pass --force to adopt anyway.",
                 field="org_salt_key", value=None)
-            err.fields = ("org_salt_key",)
-            raise err
         if changed:
             write_identity(directory, make_identity(config), replace=True)
     finally:
@@ -255,13 +264,13 @@ def adopt(store: Any, config: Any, *, force: bool = False) -> dict:
             "sampled": sampled, "foreign": foreign}
 
 
-def legacy_default_path(config: Any) -> Path:
+def legacy_default_path(config: ClientConfig) -> Path:
     """The default spool path of earlier releases: a tag over base_url and api_key only."""
     tag = hashlib.sha256(f"{config.base_url}\n{config.api_key}".encode()).hexdigest()[:16]
     return default_spool_root() / tag
 
 
-def migrate_legacy_default(config: Any) -> bool:
+def migrate_legacy_default(config: ClientConfig) -> bool:
     """Move the earlier default spool to ``config.spool_path`` when it is this deployment's; True if moved.
 
     Checked once per process, cheaply (an lstat of the earlier path, a listing of its
@@ -312,7 +321,7 @@ def _segment_count(segment_dir: Path) -> int:
         return 0
 
 
-def _legacy_blocker(old: Path, new: Path, config: Any, st: os.stat_result) -> tuple[Optional[str], Any]:
+def _legacy_blocker(old: Path, new: Path, config: ClientConfig, st: os.stat_result) -> tuple[Optional[str], Any]:
     """(why the earlier default spool must not be moved to ``new`` or None, its flusher election held or None).
 
     The caller closes the election (after the rename): it is held across the checks and the rename.

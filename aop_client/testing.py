@@ -23,7 +23,8 @@ Fixtures:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar
+from types import ModuleType
+from typing import Any, Callable, Optional, TypeVar
 
 __all__ = ["wait_until", "TEST_API_KEY", "TEST_ORG_SALT_KEY"]
 
@@ -77,6 +78,7 @@ def _collector_factory(tmp_path_factory: Any) -> tuple[Callable[..., Any], Calla
     return factory, stop_all
 
 
+_pytest: Optional[ModuleType]
 try:
     import pytest as _pytest
 except ImportError:  # pragma: no cover - the module must import without pytest

@@ -90,13 +90,14 @@ def _text_field(value: Any, field: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-def _object_field(value: Any, field: str, depth: int = _FIELD_DEPTH) -> dict:
+def _object_field(value: Any, field: str, depth: int = _FIELD_DEPTH) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValidationError(f"{field}: expected an object (dict), got {value!r:.80}", field=field, value=value)
-    return _copy_data(value if type(value) is dict else dict(value), field, depth)  # one copy, validated
+    copied: dict[str, Any] = _copy_data(value if type(value) is dict else dict(value), field, depth)  # one copy, validated
+    return copied
 
 
-def _list_of_objects(value: Any, field: str) -> list:
+def _list_of_objects(value: Any, field: str) -> list[dict[str, Any]]:
     if value is None:
         return []
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
@@ -122,14 +123,15 @@ class ToonBuilder:
         safety_checks: Sequence[Mapping[str, Any]] | None = None,
         uncertainty: str = "low",
         **extra: Any,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Return ``{goal, steps, safety_checks, uncertainty, **extra}``; step confidences must be in 0..1."""
-        payload = {
+        payload: dict[str, Any] = {
             "goal": _text_field(goal, "payload.goal"),
             "steps": _list_of_objects(steps, "payload.steps"),
             "safety_checks": _list_of_objects(safety_checks, "payload.safety_checks"),
         }
-        for index, step in enumerate(payload["steps"]):
+        built_steps: list[dict[str, Any]] = payload["steps"]
+        for index, step in enumerate(built_steps):
             if "confidence" in step:
                 check_confidence(step["confidence"], f"payload.steps[{index}].confidence")
         check_uncertainty(uncertainty)
@@ -141,7 +143,7 @@ class ToonBuilder:
     @staticmethod
     def build_action_request_payload(
         action: str, params: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Return ``{action, params[, context]}`` (params defaults to ``{}``)."""
         payload = {
             "action": _text_field(action, "payload.action"),
@@ -154,9 +156,9 @@ class ToonBuilder:
     @staticmethod
     def build_action_response_payload(
         status: str, data: Any = None, meta: Mapping[str, Any] | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Return ``{status[, data][, meta]}``; ``data`` may be any JSON value."""
-        payload: dict = {"status": _text_field(status, "payload.status")}
+        payload: dict[str, Any] = {"status": _text_field(status, "payload.status")}
         if data is not None:
             payload["data"] = _copy_data(data, "payload.data")
         if meta is not None:
@@ -164,9 +166,9 @@ class ToonBuilder:
         return payload
 
     @staticmethod
-    def build_final_output_payload(text: str, structured: Any = None) -> dict:
+    def build_final_output_payload(text: str, structured: Any = None) -> dict[str, Any]:
         """Return ``{text[, structured]}``; ``text`` may be empty, ``structured`` any JSON value."""
-        payload: dict = {"text": _text_field(text, "payload.text", allow_empty=True)}
+        payload: dict[str, Any] = {"text": _text_field(text, "payload.text", allow_empty=True)}
         if structured is not None:
             payload["structured"] = _copy_data(structured, "payload.structured")
         return payload
@@ -176,12 +178,12 @@ class ToonBuilder:
         message: str | BaseException,
         error_type: str | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Return ``{message[, error_type][, details]}``; an exception gives its text and class name."""
         if isinstance(message, BaseException):
             error_type = type(message).__name__ if error_type is None else error_type
             message = str(message) or type(message).__name__
-        payload: dict = {"message": _text_field(message, "payload.message")}
+        payload: dict[str, Any] = {"message": _text_field(message, "payload.message")}
         if error_type is not None:
             payload["error_type"] = _text_field(error_type, "payload.error_type")
         if details is not None:
@@ -189,7 +191,7 @@ class ToonBuilder:
         return payload
 
     @staticmethod
-    def build_custom_payload(data: Mapping[str, Any] | None = None) -> dict:
+    def build_custom_payload(data: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Return the payload of a ``custom`` event: a validated copy of the caller's own object.
 
         Per protocol v1 section 1 the payload *is* the caller's object (so a redaction
@@ -203,7 +205,8 @@ class ToonBuilder:
                 f"payload: a custom event's payload is your own object (a dict of JSON values), "
                 f"got {type(data).__name__}; wrap other values, e.g. {{\"value\": ...}}",
                 field="payload", value=type(data).__name__)
-        return _copy_data(data if type(data) is dict else dict(data), "payload", depth=1)
+        copied: dict[str, Any] = _copy_data(data if type(data) is dict else dict(data), "payload", depth=1)
+        return copied
 
     @staticmethod
     def custom_name(name: str) -> str:
@@ -236,9 +239,9 @@ def decode_toon_value(
     The broad ``except`` is deliberate: this is the boundary to a foreign
     decoder, and any failure inside it means the input was not acceptable.
     """
-    hooks = {"parse_int": _int_within_double_range} if exact_doubles_only else {}
+    parse_int = _int_within_double_range if exact_doubles_only else None
     try:
-        return toon_format.decode(text, strict=strict, indent_size=indent_size, **hooks)
+        return toon_format.decode(text, strict=strict, indent_size=indent_size, parse_int=parse_int)
     except toon_format.ToonDecodeError as e:
         where = f" in {e.source.strip()[:60]!r}" if e.source else ""
         raise ToonParseError(f"{e.msg}{where}", line=e.line, source_format="toon") from e
@@ -282,7 +285,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
@@ -314,7 +317,7 @@ def _detect_indent(text: str) -> int:
     return len(match.group(1)) if match else 2
 
 
-def _events_from(value: Any, source_format: str, max_event_bytes: int) -> dict | list[dict]:
+def _events_from(value: Any, source_format: str, max_event_bytes: int) -> dict[str, Any] | list[dict[str, Any]]:
     if isinstance(value, dict) and "events" in value and "type" not in value:
         events, prefix = value["events"], "events"
         if not isinstance(events, list):
@@ -340,7 +343,7 @@ def _events_from(value: Any, source_format: str, max_event_bytes: int) -> dict |
     return events
 
 
-def parse_toon(text: str | bytes, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> dict | list[dict]:
+def parse_toon(text: str | bytes, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> dict[str, Any] | list[dict[str, Any]]:
     """Parse JSON text or TOON into one validated event or a list of them; raise ToonParseError otherwise."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
@@ -360,7 +363,7 @@ def parse_toon(text: str | bytes, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BY
     return _events_from(value, source_format, max_event_bytes)
 
 
-def _pretty_event(event: dict) -> dict:
+def _pretty_event(event: dict[str, Any]) -> dict[str, Any]:
     ordered = {key: event[key] for key in _PRETTY_ORDER if key in event}
     ordered.update((key, value) for key, value in event.items() if key not in ordered and key != "payload")
     if "payload" in event:

@@ -53,7 +53,7 @@ class TraceBuilder:
         clock: Callable[[], float] = time.time,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_held_events: int = DEFAULT_MAX_HELD_EVENTS,
-        emitted_source: Callable[[str], Iterable[dict]] | None = None,
+        emitted_source: Callable[[str], Iterable[dict[str, Any]]] | None = None,
     ) -> None:
         """``emitted_source(run_id)``, when given (AOPClient gives its store's reader), returns
         the emitted events of a run, so that :meth:`get_events` still covers the whole run."""
@@ -86,7 +86,7 @@ class TraceBuilder:
     def _start_run(self) -> None:
         """Forget the held events of the run before (under the lock, or before any thread sees it)."""
         self._last_seq = 0
-        self._held: dict[str, dict] = {}  # event_id -> event, created and not emitted, oldest first
+        self._held: dict[str, dict[str, Any]] = {}  # event_id -> event, created and not emitted, oldest first
         self._dropped_unemitted = 0
 
     def _after_fork_in_child(self) -> None:
@@ -136,7 +136,7 @@ class TraceBuilder:
             self._start_run()
             return self._run_id
 
-    def _record(self, event_type: str, payload: dict, name: str | None = None) -> dict:
+    def _record(self, event_type: str, payload: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         now = self._clock()
         with self._lock:  # a seq is taken only by the append: any failure above it takes none
             event = make_event(
@@ -167,7 +167,7 @@ class TraceBuilder:
         with self._lock:
             return self._held.pop(event_id, None) is not None
 
-    def held_events(self) -> list[dict]:
+    def held_events(self) -> list[dict[str, Any]]:
         """Deep copies of the events created in the current run and not emitted, in seq order."""
         with self._lock:
             events = list(self._held.values())
@@ -180,22 +180,22 @@ class TraceBuilder:
         safety_checks: Sequence[Mapping[str, Any]] | None = None,
         uncertainty: str = "low",
         **extra: Any,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Create and record a ``reasoning`` event (see ToonBuilder.build_reasoning_payload)."""
         payload = ToonBuilder.build_reasoning_payload(goal, steps, safety_checks, uncertainty, **extra)
         return self._record("reasoning", payload)
 
     def create_action_request(
         self, action: str, params: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Create and record an ``action_request`` event."""
         return self._record("action_request", ToonBuilder.build_action_request_payload(action, params, context))
 
-    def create_action_response(self, status: str, data: Any = None, meta: Mapping[str, Any] | None = None) -> dict:
+    def create_action_response(self, status: str, data: Any = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Create and record an ``action_response`` event."""
         return self._record("action_response", ToonBuilder.build_action_response_payload(status, data, meta))
 
-    def create_final_output(self, text: str, structured: Any = None) -> dict:
+    def create_final_output(self, text: str, structured: Any = None) -> dict[str, Any]:
         """Create and record a ``final_output`` event."""
         return self._record("final_output", ToonBuilder.build_final_output_payload(text, structured))
 
@@ -204,11 +204,11 @@ class TraceBuilder:
         message: str | BaseException,
         error_type: str | None = None,
         details: Mapping[str, Any] | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Create and record an ``error`` event; ``message`` may be an exception."""
         return self._record("error", ToonBuilder.build_error_payload(message, error_type, details))
 
-    def create_custom(self, name: str, data: Mapping[str, Any] | None = None) -> dict:
+    def create_custom(self, name: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Create and record a ``custom`` event: top-level ``name``, and ``data`` (a dict) as its payload.
 
         Protocol v1 section 1: the payload is the caller's object itself (``{}`` when
@@ -217,7 +217,7 @@ class TraceBuilder:
         name = ToonBuilder.custom_name(name)
         return self._record("custom", ToonBuilder.build_custom_payload(data), name)
 
-    def get_events(self) -> list[dict]:
+    def get_events(self) -> list[dict[str, Any]]:
         """The events of the current run in seq order: emitted ones (from ``emitted_source``) and held ones.
 
         Without an ``emitted_source`` (a builder used on its own), the held events.
@@ -226,7 +226,7 @@ class TraceBuilder:
         held = self.held_events()
         return merge_trace(source(self._run_id), held) if source is not None else held
 
-    def export_trace(self) -> list[dict]:
+    def export_trace(self) -> list[dict[str, Any]]:
         """Return the current run's trace as a list of event dicts (deep copies); see :meth:`get_events`."""
         return self.get_events()
 
@@ -236,13 +236,14 @@ class TraceBuilder:
         return orjson.dumps(self.get_events(), option=option).decode("utf-8")
 
 
-def merge_trace(emitted: Iterable[dict], held: Iterable[dict]) -> list[dict]:
+def merge_trace(emitted: Iterable[dict[str, Any]], held: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One run's trace in seq order: emitted events (as stored) and held ones (an event in both counts once)."""
     events = {e["event_id"]: e for e in held}
     events.update((e["event_id"], e) for e in emitted)
     return sorted(events.values(), key=lambda e: e["seq"])
 
 
-def _copy(event: dict) -> dict:
+def _copy(event: dict[str, Any]) -> dict[str, Any]:
     """Deep copy of a validated (hence plain JSON) event."""
-    return orjson.loads(orjson.dumps(event))
+    copied: dict[str, Any] = orjson.loads(orjson.dumps(event))
+    return copied

@@ -19,12 +19,14 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from types import ModuleType
+from typing import Any, Mapping, Optional
 from urllib.parse import quote, urlsplit
 
 import orjson
 import urllib3
 
+_isal_zlib: Optional[ModuleType]
 try:  # ISA-L (python-isal): the same gzip format, 3-7x faster than zlib at levels 1-3
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # the 'fast' extra is not installed: zlib, the same format

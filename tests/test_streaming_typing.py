@@ -7,27 +7,18 @@ mixins reaching into the client's private state.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from typecheck import ROOT, assert_clean, run_mypy
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "aop_client" / "streaming"
 
 
 @pytest.mark.parametrize("flags", [[], ["--strict"]], ids=["project-config", "strict"])
 def test_streaming_package_type_checks_clean(flags: list[str], tmp_path: Path) -> None:
     """``mypy [--strict] aop_client/streaming`` (setup.cfg's [mypy] section) reports no error."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", *flags, "--cache-dir", str(tmp_path / "cache"), "aop_client/streaming"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("Success: no issues found")
+    assert_clean(run_mypy([*flags, "aop_client/streaming"], tmp_path / "cache"))
 
 
 def test_streaming_package_has_no_type_ignore() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
@@ -23,6 +23,9 @@ from ..errors import (
     TransportError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from ..config import ClientConfig
 
 __all__ = [
     "EXIT_OK", "EXIT_UNDELIVERED", "EXIT_BAD_INPUT", "EXIT_SERVER", "EXIT_DAMAGED",
@@ -47,7 +50,16 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self._exit_code = exit_code
+
+    # click declares ``exit_code`` a class variable but reads it per instance: a property carries ours.
+    @property
+    def exit_code(self) -> int:
+        return self._exit_code
+
+    @exit_code.setter
+    def exit_code(self, code: int) -> None:
+        self._exit_code = code
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -66,15 +78,15 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def build_config(spool: Optional[str] = None, base_url: Optional[str] = None,
-                 api_key: Optional[str] = None, key: Optional[str] = None, **extra: Any) -> Any:
+                 api_key: Optional[str] = None, key: Optional[str] = None, **extra: Any) -> "ClientConfig":
     """ClientConfig.from_env() with the command's options (those given) overriding AOP_* variables."""
     from ..config import ClientConfig
 
-    overrides = {name: value for name, value in (
+    overrides: dict[str, object] = {name: value for name, value in (
         ("spool_dir", spool), ("base_url", base_url), ("api_key", api_key), ("org_salt_key", key),
     ) if value is not None}
     overrides.update({k: v for k, v in extra.items() if v is not None})
-    return ClientConfig.from_env(**overrides)
+    return ClientConfig.from_env(None, **overrides)
 
 
 def check_spool_dir(path: Path) -> Path:

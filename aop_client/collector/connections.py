@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from aiohttp import web
 
@@ -122,7 +123,7 @@ class _Guarded(asyncio.Protocol):
         self.body_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's connections are Transports
         self.since = self.guard.loop.time()  # idle from now
         self.inner.connection_made(transport)
         self.guard._admit(self)
@@ -174,16 +175,23 @@ class ConnectionGuard:
         self.limit = config.max_connections
         self.tick = min(1.0, max(0.05, min(config.header_timeout, config.body_timeout, config.keepalive_timeout) / 5))
         self.conns: dict[Any, _Guarded] = {}  # aiohttp protocol -> its connection, in order of arrival
-        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # set by start()
         self._counts = {"header_timeouts": 0, "idle_timeouts": 0, "body_timeouts": 0, "evicted": 0, "accept_waits": 0,
                         "accept_failures": 0}
         self._logged: dict[str, float] = {}
         self._sweeper: Optional[asyncio.Task] = None
         self._room = asyncio.Event()  # set whenever a connection closes
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the guard serves on (from :meth:`start`)."""
+        if self._loop is None:
+            raise RuntimeError("ConnectionGuard.start() has not run yet")
+        return self._loop
+
     def start(self) -> None:
         """Fix the limit from the descriptors left, and start sweeping (on the running loop)."""
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         budget = fd_budget()
         if budget is not None and budget < self.config.max_connections:
             self.limit = max(1, budget)
@@ -295,14 +303,14 @@ class ConnectionGuard:
                                % self.config.keepalive_timeout)
                     conn.close()
                 elif conn.body is not None and not conn.body.content.is_eof():
-                    self._judge_body(conn, now)
+                    self._judge_body(conn, conn.body, now)
 
-    def _judge_body(self, conn: _Guarded, now: float) -> None:
+    def _judge_body(self, conn: _Guarded, body: web.BaseRequest, now: float) -> None:
         elapsed = now - conn.body_since
         if elapsed > self.config.body_timeout:
             why = "request body not received within body_timeout=%gs" % self.config.body_timeout
         elif (self.config.body_min_rate and elapsed > RATE_GRACE
-              and conn.body.content.total_bytes < self.config.body_min_rate * elapsed):  # type: ignore[union-attr]
+              and body.content.total_bytes < self.config.body_min_rate * elapsed):
             why = "request body arrives slower than body_min_rate=%d bytes/s" % self.config.body_min_rate
         else:
             return
@@ -322,25 +330,48 @@ class ConnectionGuard:
 GUARD_KEY = web.AppKey("aop_collector_guard", ConnectionGuard)
 
 
-class _Listener:
-    """What BaseSite.stop() and runner.addresses need of a server: ``sockets`` and ``close()``."""
+class _Listener(asyncio.AbstractServer):
+    """The server aiohttp's site holds: one accept task per listening socket.
 
-    def __init__(self, sockets: list, tasks: list) -> None:
+    BaseSite.stop() and runner.addresses use ``close()`` and ``sockets``; the rest
+    of asyncio's server interface is here so that it is one.
+    """
+
+    def __init__(self, sockets: list[socket.socket], tasks: "list[asyncio.Task[None]]") -> None:
         self.sockets = sockets
         self._tasks = tasks
 
     def close(self) -> None:
         for sock, task in zip(self.sockets, self._tasks):
             task.cancel()  # the socket is closed once its accept loop has let go of it
-            task.add_done_callback(lambda _task, sock=sock: sock.close())
+            task.add_done_callback(functools.partial(_close_socket, sock))
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._tasks[0].get_loop()
+
+    def is_serving(self) -> bool:
+        return any(not task.done() for task in self._tasks)
+
+    async def start_serving(self) -> None:
+        """Nothing to do: the accept loops run from the start."""
+
+    async def serve_forever(self) -> None:
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def listen(host: str, port: int, backlog: int) -> list:
+def _close_socket(sock: socket.socket, _task: object) -> None:
+    sock.close()
+
+
+def listen(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Non-blocking sockets listening on every address ``host`` resolves to, as asyncio's create_server binds them.
 
     Raises OSError (none left open) when one cannot be bound.
     """
-    sockets: list = []
+    sockets: list[socket.socket] = []
     seen = set()
     try:
         for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
@@ -385,7 +416,7 @@ class GuardedSite(web.BaseSite):
         self._guard.start()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._guard.accept(sock, server)) for sock in sockets]
-        self._server = _Listener(sockets, tasks)  # type: ignore[assignment]
+        self._server = _Listener(sockets, tasks)
 
     async def stop(self) -> None:
         self._guard.stop()

@@ -172,14 +172,14 @@ class CollectorStorage:
         self._stop_checkpoints = threading.Event()
         self._checkpointer: Optional[threading.Thread] = None
         if db_path is not None and checkpoints:
-            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="aop-collector-checkpoint",
-                                                  daemon=True)
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(db_path,),
+                                                  name="aop-collector-checkpoint", daemon=True)
             self._checkpointer.start()
 
-    def _checkpoint_loop(self) -> None:
+    def _checkpoint_loop(self, db_path: str) -> None:
         """Copy committed WAL frames into the database off the commit path (PASSIVE: never blocks writers)."""
         try:
-            conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)  # type: ignore[arg-type]
+            conn = sqlite3.connect(db_path, isolation_level=None, timeout=30.0)
         except sqlite3.Error:
             return
         try:
@@ -281,13 +281,13 @@ class CollectorStorage:
             self._lock.release()
         return duplicate_flags
 
-    def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list, list[bool], list[int]]:
+    def _split_duplicates(self, events: Sequence[IncomingEvent], first_rowid: int) -> tuple[list[IncomingEvent], list[bool], list[int]]:
         """(fresh events, duplicate flag per event, rowid of every duplicate arrival) for a batch with repeats."""
         held = self._rowids
         fresh: dict[str, int] = {}
-        fresh_events = []
-        flags = []
-        duplicate_rowids = []
+        fresh_events: list[IncomingEvent] = []
+        flags: list[bool] = []
+        duplicate_rowids: list[int] = []
         for event in events:
             event_id = event[0]
             rowid = held.get(event_id) or fresh.get(event_id)

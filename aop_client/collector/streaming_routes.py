@@ -490,7 +490,7 @@ class StreamServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self.port, reuse_address=True)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
         """Close every connection and the loop."""
